@@ -1,0 +1,3 @@
+from pingmesh.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The agent: probes its peers, answers their probes, uploads results; runs on every server."""

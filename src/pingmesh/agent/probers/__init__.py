@@ -1,0 +1,1 @@
+"""Probers: one module per probe kind; each returns a ProbeResult and never raises."""

@@ -1,0 +1,1 @@
+"""Windowed analysis jobs over the raw store; results go to the results database."""

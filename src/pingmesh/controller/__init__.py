@@ -1,0 +1,1 @@
+"""The controller: turns the topology into per-server pinglists; stateless."""

@@ -1,0 +1,1 @@
+"""The pure core of pingmesh: no sockets, no clock, no asyncio; time arrives as an argument."""

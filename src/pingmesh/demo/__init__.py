@@ -1,0 +1,1 @@
+"""``pingmesh demo``: a whole fleet on loopback with the dashboard."""

@@ -1,0 +1,1 @@
+"""``pingmesh server``: controller, collector, analysis and web in one process."""

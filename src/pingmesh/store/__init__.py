@@ -1,0 +1,1 @@
+"""Storage: the raw probe store (Parquet, partitioned by hour) and the results database."""
