@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pingmesh.core.probe import MIN_INTERVAL_S
 from pingmesh.errors import ConfigError
-from pingmesh.wire.pinglist import MIN_INTERVAL_S
 
 T = TypeVar("T", bound=BaseModel)
 

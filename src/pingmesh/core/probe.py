@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+MIN_INTERVAL_S = 1.0  # hard floor on the per-pair probe interval (DESIGN.md, "Defaults and limits")
+MAX_PAYLOAD_BYTES = 64 * 1024  # Pingmesh's hard payload cap (PM §3.4.2)
+
 
 class ProbeKind(enum.StrEnum):
     """How a peer is probed; chosen per peer by the pinglist."""

@@ -157,7 +157,9 @@ def parse_topology(text: str, *, filename: str) -> Topology:
     else:
         rows, services = _yaml_rows(text, filename)
     servers: list[Server] = []
-    seen: dict[str, int] = {}
+    first_line: dict[tuple[str, str], int] = {}  # (column, value) -> line that introduced it
+    tor_home: dict[str, tuple[str, str]] = {}
+    podset_home: dict[str, str] = {}
     for line, row in rows:
         for column in COLUMNS:
             if column not in row or row[column] in (None, ""):
@@ -175,33 +177,41 @@ def parse_topology(text: str, *, filename: str) -> Topology:
         except ValueError as exc:
             column, _, problem = str(exc).partition(": ")
             raise TopologyError(problem, file=filename, line=line, field=column) from exc
-        if server.name in seen:
+        for column in ("name", "address"):
+            value = getattr(server, column)
+            earlier = first_line.setdefault((column, value), line)
+            if earlier != line:
+                what = "server" if column == "name" else "address"
+                raise TopologyError(
+                    f"duplicate {what} {value!r} (first on line {earlier})",
+                    file=filename,
+                    line=line,
+                    field=column,
+                )
+        home = tor_home.setdefault(server.tor, (server.dc, server.podset))
+        if home != (server.dc, server.podset):
             raise TopologyError(
-                f"duplicate server {server.name!r} (first on line {seen[server.name]})",
+                f"ToR {server.tor!r} is in {home[0]}/{home[1]} on line "
+                f"{first_line['tor', server.tor]}, not in {server.dc}/{server.podset}",
                 file=filename,
                 line=line,
-                field="name",
+                field="tor",
             )
-        seen[server.name] = line
+        first_line.setdefault(("tor", server.tor), line)
+        dc = podset_home.setdefault(server.podset, server.dc)
+        if dc != server.dc:
+            raise TopologyError(
+                f"podset {server.podset!r} is in {dc} on line "
+                f"{first_line['podset', server.podset]}, not in {server.dc}",
+                file=filename,
+                line=line,
+                field="podset",
+            )
+        first_line.setdefault(("podset", server.podset), line)
         servers.append(server)
     if not servers:
         raise TopologyError("no servers", file=filename, field="servers")
-    try:
-        return Topology(servers=tuple(servers), services=services)
-    except ValueError as exc:
-        column, _, problem = str(exc).partition(": ")
-        at = _first_line_of(rows, column, problem)
-        raise TopologyError(problem, file=filename, line=at, field=column) from exc
-
-
-def _first_line_of(rows: list[tuple[int, dict[str, Any]]], column: str, problem: str) -> int | None:
-    """Best effort: the last line whose ``column`` value the problem text quotes."""
-    found: int | None = None
-    for line, row in rows:
-        value = row.get(column)
-        if value is not None and (repr(str(value)) in problem or str(value) in problem):
-            found = line
-    return found
+    return Topology(servers=tuple(servers), services=services)
 
 
 def _csv_rows(text: str, filename: str) -> list[tuple[int, dict[str, Any]]]:
@@ -212,6 +222,14 @@ def _csv_rows(text: str, filename: str) -> list[tuple[int, dict[str, Any]]]:
     for column in COLUMNS:
         if column not in header:
             raise TopologyError("missing from the header", file=filename, line=1, field=column)
+    for column in header:
+        if column not in COLUMNS:
+            raise TopologyError(
+                f"unknown column (expected {', '.join(COLUMNS)})",
+                file=filename,
+                line=1,
+                field=column,
+            )
     rows: list[tuple[int, dict[str, Any]]] = []
     for record in reader:
         if None in record:
@@ -241,16 +259,16 @@ def _yaml_rows(
         raise TopologyError(
             "the top level must be a mapping with 'servers'", file=filename, line=_line(root)
         )
-    top = {_scalar(k, filename, "top level"): v for k, v in root.value}
-    unknown = sorted(set(top) - {"servers", "services"})
-    if unknown:
-        raise TopologyError(
-            "unknown key (expected 'servers' and optional 'services')",
-            file=filename,
-            line=_line(root),
-            field=unknown[0],
-        )
-    servers_node = top.get("servers")
+    top = _mapping(root, filename, "top level")
+    for key, (key_node, _) in top.items():
+        if key not in ("servers", "services"):
+            raise TopologyError(
+                "unknown key (expected 'servers' and optional 'services')",
+                file=filename,
+                line=_line(key_node),
+                field=key,
+            )
+    servers_node = top["servers"][1] if "servers" in top else None
     if not isinstance(servers_node, yaml.SequenceNode):
         raise TopologyError(
             "must be a list of servers",
@@ -264,13 +282,13 @@ def _yaml_rows(
             raise TopologyError(
                 "each server must be a mapping", file=filename, line=_line(item), field="servers"
             )
-        row: dict[str, Any] = {}
-        for key_node, value_node in item.value:
-            key = _scalar(key_node, filename, "servers")
-            row[key] = _scalar(value_node, filename, key)
+        row = {
+            key: _scalar(value_node, filename, key)
+            for key, (_, value_node) in _mapping(item, filename, "servers").items()
+        }
         rows.append((_line(item), row))
     services: dict[str, tuple[str, ...]] = {}
-    services_node = top.get("services")
+    services_node = top["services"][1] if "services" in top else None
     if services_node is not None and not (
         isinstance(services_node, yaml.ScalarNode) and services_node.value in ("", "null", "~")
     ):
@@ -282,8 +300,16 @@ def _yaml_rows(
                 field="services",
             )
         known = {str(row.get("name")) for _, row in rows}
-        for key_node, value_node in services_node.value:
-            service = _scalar(key_node, filename, "services")
+        for service, (key_node, value_node) in _mapping(
+            services_node, filename, "services"
+        ).items():
+            if not _NAME_RE.match(service):
+                raise TopologyError(
+                    f"{service!r} is not a valid service name",
+                    file=filename,
+                    line=_line(key_node),
+                    field="services",
+                )
             if not isinstance(value_node, yaml.SequenceNode):
                 raise TopologyError(
                     "must be a list of server names",
@@ -304,6 +330,24 @@ def _yaml_rows(
                 members.append(member)
             services[service] = tuple(sorted(set(members)))
     return rows, services
+
+
+def _mapping(
+    node: yaml.MappingNode, filename: str, field: str
+) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """The keys of a YAML mapping with their nodes; a key given twice is an error."""
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        key = _scalar(key_node, filename, field)
+        if key in out:
+            raise TopologyError(
+                f"given twice (first on line {_line(out[key][0])})",
+                file=filename,
+                line=_line(key_node),
+                field=key,
+            )
+        out[key] = (key_node, value_node)
+    return out
 
 
 def _line(node: yaml.Node) -> int:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pingmesh.core.probe import ProbeKind, Scope
+from pingmesh.core.probe import MAX_PAYLOAD_BYTES, MIN_INTERVAL_S, ProbeKind, Scope
 from pingmesh.wire import SCHEMA_VERSION
-
-MIN_INTERVAL_S = 1.0  # hard floor on the per-pair interval (DESIGN.md, "Defaults and limits")
-MAX_PAYLOAD_BYTES = 64 * 1024  # Pingmesh's hard payload cap
 
 
 class PeerModel(BaseModel):

@@ -1,0 +1,217 @@
+"""The probe schedule (heap of due times with jitter) and the global token bucket."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pingmesh.core.schedule import ProbeSchedule, TokenBucket
+
+intervals = st.integers(min_value=1, max_value=1_000)
+peer_sets = st.dictionaries(st.integers(0, 40), intervals, max_size=25)
+
+
+def run_exact(schedule: ProbeSchedule[int], start_ns: int, end_ns: int) -> dict[int, list[int]]:
+    """Call due() exactly at every next_due_ns() up to end_ns; the times each peer came up."""
+    seen: dict[int, list[int]] = defaultdict(list)
+    now = start_ns
+    while True:
+        for key in schedule.due(now):
+            seen[key].append(now)
+        nxt = schedule.next_due_ns()
+        if nxt is None or nxt > end_ns:
+            return seen
+        assert nxt > now  # due() rescheduled everything that was due at now
+        now = nxt
+
+
+@given(peers=peer_sets, seed=st.integers(0, 2**32), start=st.integers(0, 10**6))
+def test_steady_state_probes_every_peer_once_per_interval(
+    peers: dict[int, int], seed: int, start: int
+) -> None:
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(seed))
+    schedule.replace(peers, start)
+    end = start + 10 * 1_000
+    seen = run_exact(schedule, start, end)
+    assert set(seen) == set(peers)
+    for key, times in seen.items():
+        interval = peers[key]
+        assert start <= times[0] < start + interval  # jittered into the first interval
+        assert all(b - a == interval for a, b in itertools.pairwise(times))
+        assert times[-1] + interval > end  # none missed at the end
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[str, int, dict[int, int]]]:
+    """A random sequence of ticks (at arbitrary times) and pinglist replacements."""
+    ops: list[tuple[str, int, dict[int, int]]] = []
+    now = 0
+    for _ in range(draw(st.integers(1, 60))):
+        now += draw(st.integers(0, 700))
+        if draw(st.booleans()):
+            ops.append(("tick", now, {}))
+        else:
+            ops.append(("replace", now, draw(peer_sets)))
+    return ops
+
+
+@given(ops=operations(), seed=st.integers(0, 2**32))
+def test_never_more_often_than_the_interval(
+    ops: list[tuple[str, int, dict[int, int]]], seed: int
+) -> None:
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(seed))
+    last: dict[int, int] = {}
+    present: set[int] = set()
+    for op, now, peers in ops:
+        if op == "replace":
+            # A peer that leaves and comes back starts over; only track peers that stay.
+            for key in present - set(peers):
+                last.pop(key, None)
+            present = set(peers)
+            schedule.replace(peers, now)
+            continue
+        for key in schedule.due(now):
+            assert key in present
+            interval = schedule.interval_ns(key)
+            if key in last:
+                assert now - last[key] >= interval
+            last[key] = now
+    assert len(schedule) == len(present)
+
+
+@given(ops=operations(), seed=st.integers(0, 2**32))
+def test_every_present_peer_stays_scheduled(
+    ops: list[tuple[str, int, dict[int, int]]], seed: int
+) -> None:
+    """After any history, every peer of the current set comes up within one interval."""
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(seed))
+    now = 0
+    peers: dict[int, int] = {}
+    for op, now, new in ops:
+        if op == "replace":
+            peers = new
+            schedule.replace(new, now)
+        else:
+            schedule.due(now)
+    horizon = now + max(peers.values(), default=0)
+    seen = run_exact(schedule, now, horizon)
+    assert set(seen) == set(peers)
+
+
+def test_replace_keeps_unchanged_peers_and_drops_removed_ones() -> None:
+    schedule: ProbeSchedule[str] = ProbeSchedule(rng=random.Random(1))
+    schedule.replace({"a": 100, "b": 100, "c": 100}, 0)
+    first = run_exact(schedule, 0, 99)
+    assert set(first) == {"a", "b", "c"}
+    a_next = first["a"][0] + 100
+    schedule.replace({"a": 100, "d": 50}, 99)
+    assert "b" not in schedule
+    assert len(schedule) == 2
+    later = run_exact(schedule, 99, 300)
+    assert set(later) == {"a", "d"}
+    assert later["a"][0] == a_next  # the due time of a kept peer did not move
+
+
+def test_interval_change_respects_the_new_interval_after_the_last_probe() -> None:
+    schedule: ProbeSchedule[str] = ProbeSchedule(rng=random.Random(2))
+    schedule.replace({"a": 10}, 0)
+    times = run_exact(schedule, 0, 9)["a"]
+    schedule.replace({"a": 1000}, times[0] + 1)
+    assert schedule.next_due_ns() == times[0] + 1000
+
+
+def test_heap_stays_bounded_under_churn() -> None:
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(3))
+    for round_ in range(200):
+        schedule.replace({round_ * 10 + i: 5 + i for i in range(10)}, round_)
+    assert len(schedule) == 10
+    assert len(schedule._heap) <= 2 * 10 + 64
+
+
+def test_bad_intervals_are_refused_by_name() -> None:
+    schedule: ProbeSchedule[str] = ProbeSchedule(rng=random.Random(0))
+    with pytest.raises(ValueError, match="peer 'x'"):
+        schedule.replace({"x": 0}, 0)
+    with pytest.raises(ValueError, match="limit"):
+        schedule.due(0, limit=-1)
+
+
+def test_due_limit_leaves_the_rest_due() -> None:
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(0))
+    schedule.replace(dict.fromkeys(range(10), 100), 0)
+    first = schedule.due(1000, limit=4)
+    rest = schedule.due(1000)
+    assert len(first) == 4
+    assert sorted(first + rest) == list(range(10))
+
+
+def test_empty_schedule_has_no_next_due() -> None:
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(0))
+    assert schedule.next_due_ns() is None
+    schedule.replace({1: 10}, 0)
+    schedule.replace({}, 5)
+    assert schedule.next_due_ns() is None
+    assert schedule.due(10**9) == []
+
+
+def test_jitter_spreads_first_probes() -> None:
+    """1000 peers with one interval do not all start at once (agents do not synchronise)."""
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(7))
+    schedule.replace(dict.fromkeys(range(1000), 1_000_000), 0)
+    firsts = {k: v[0] for k, v in run_exact(schedule, 0, 999_999).items()}
+    quarters = [
+        sum(1 for t in firsts.values() if q * 250_000 <= t < (q + 1) * 250_000) for q in range(4)
+    ]
+    assert all(150 < n < 350 for n in quarters)
+
+
+# -- token bucket ---------------------------------------------------------------------------
+
+
+@given(
+    rate=st.floats(min_value=0.5, max_value=1e6),
+    burst=st.integers(1, 50),
+    gaps=st.lists(st.integers(0, 3_000_000), min_size=1, max_size=300),
+)
+@settings(max_examples=200)
+def test_token_bucket_honours_the_rate_cap(rate: float, burst: int, gaps: list[int]) -> None:
+    bucket = TokenBucket(rate_per_s=rate, burst=burst)
+    period = bucket.emission_interval_ns
+    assert period >= 1e9 / rate  # never faster than asked
+    now = 0
+    granted: list[int] = []
+    for gap in gaps:
+        now += gap
+        delay = bucket.delay_ns(now)
+        ok = bucket.try_acquire(now)
+        assert ok == (delay == 0)
+        if ok:
+            granted.append(now)
+    # In every window [granted[i], granted[j]] at most burst + W // period acquisitions.
+    for i in range(len(granted)):
+        for j in range(i, min(len(granted), i + 3 * burst + 5)):
+            assert j - i + 1 <= burst + (granted[j] - granted[i]) // period
+
+
+@given(rate=st.floats(min_value=0.5, max_value=1e6), burst=st.integers(1, 50))
+def test_token_bucket_grants_everything_at_or_below_the_rate(rate: float, burst: int) -> None:
+    bucket = TokenBucket(rate_per_s=rate, burst=burst)
+    period = bucket.emission_interval_ns
+    assert all(bucket.try_acquire(0) for _ in range(burst))  # starts full
+    assert not bucket.try_acquire(0)
+    assert bucket.delay_ns(0) == period
+    assert all(bucket.try_acquire(k * period) for k in range(1, 100))
+
+
+def test_token_bucket_refuses_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="rate_per_s"):
+        TokenBucket(rate_per_s=0)
+    with pytest.raises(ValueError, match="rate_per_s"):
+        TokenBucket(rate_per_s=float("nan"))
+    with pytest.raises(ValueError, match="burst"):
+        TokenBucket(rate_per_s=1, burst=0)
