@@ -280,6 +280,16 @@ class ResultsDB:
         )
         return rows[0] if rows else None
 
+    def window_at(self, window: str, at_s: float) -> WindowRow | None:
+        """The newest window of kind ``window`` that contains the instant ``at_s``."""
+        rows = self._query(
+            WindowRow,
+            "SELECT {columns} FROM windows WHERE window = ? AND window_start <= ?"
+            " AND window_end > ? ORDER BY window_start DESC LIMIT 1",
+            (window, at_s, at_s),
+        )
+        return rows[0] if rows else None
+
     def windows(self, window: str, *, limit: int = 100) -> list[WindowRow]:
         """The most recent analysed windows of one kind, newest first."""
         return self._query(
