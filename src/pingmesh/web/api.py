@@ -1,0 +1,668 @@
+"""The read side of the JSON API: agents, SLAs and the src × dst heatmap (``/api/v1``).
+
+The results database stores UNIX seconds; this edge speaks RFC 3339 UTC and microseconds.
+Handlers are plain ``def`` functions: :class:`~pingmesh.store.results.ResultsDB` blocks, so
+FastAPI runs them in its thread pool and the event loop stays free.
+
+Window kinds are named after their length as the analysis names them (``30s``, ``10m``; a
+lab config with a 10 s fast window has ``10s``), so they come from ``config.analysis``.
+Choosing a window: without ``at`` the newest analysed window of the asked kind; with ``at``
+the newest window of that kind that contains the instant (fast windows overlap). When there
+is none the answer says so in ``note`` and carries no rows: the API never answers a
+10-minute question with 30-second data behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from pingmesh.analysis.jobs import window_name
+from pingmesh.clock import Clock
+from pingmesh.config import ServerConfig
+from pingmesh.controller.topology_source import TopologySource
+from pingmesh.core.topology import Level, Topology
+from pingmesh.store.results import AgentRow, ResultsDB, WindowRow
+from pingmesh.web.app import ERROR_RESPONSES
+
+SlaScope = Literal["server", "tor", "podset", "dc", "service"]
+HeatmapLevel = Literal["tor", "podset", "dc"]
+Metric = Literal["p99", "drop_rate"]
+
+# In the contract (DESIGN.md) but not computed yet: these answer 400 until they are.
+FUTURE_WINDOWS: tuple[str, ...] = ("1h", "1d")
+BUILT_SCOPES: tuple[str, ...] = ("server", "tor", "podset", "dc")
+
+DEFAULT_MAX_HEATMAP_CELLS = 100_000
+# ``at=`` is resolved by scanning windows newest first; bounded so that a request for a
+# very old time costs at most this many rows (30 s windows every 10 s: ~1 day).
+
+
+# Query parameters, module level so that FastAPI can resolve the (postponed) annotations.
+ScopeParam = Annotated[
+    SlaScope, Query(description=f"built: {', '.join(BUILT_SCOPES)} (service answers 400)")
+]
+AtParam = Annotated[
+    str | None,
+    Query(description="RFC 3339 time: answer from the newest window that contains it"),
+]
+LevelParam = Annotated[HeatmapLevel, Query(description="tor, podset or dc")]
+MetricParam = Annotated[Metric, Query(description="p99 (µs) or drop_rate (0–1)")]
+DcParam = Annotated[str | None, Query(description="only the entities of this DC")]
+
+
+# -- response models (they are the OpenAPI documentation) ---------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class AgentStatus(enum.StrEnum):
+    """How the server sees an agent."""
+
+    UP = "up"  # heard from within ``agent_down_after_s``
+    DOWN = "down"  # heard from before, not since
+    NEVER_SEEN = "never_seen"  # in the topology, never heard from
+    REMOVED = "removed"  # heard from, but no longer in the topology
+
+
+class AgentOut(_Out):
+    """One agent: a server of the topology, or an agent seen that the topology dropped."""
+
+    name: str
+    address: str = Field(description="the topology's address; the last reported one if removed")
+    dc: str | None = Field(description="null when the server is no longer in the topology")
+    podset: str | None
+    tor: str | None
+    status: AgentStatus
+    first_seen: datetime | None
+    last_seen: datetime | None = Field(description="last pinglist fetch or result upload")
+    last_fetch: datetime | None
+    last_upload: datetime | None
+    pinglist_version: str | None
+
+
+class AgentCounts(_Out):
+    """How many agents have each status."""
+
+    up: int
+    down: int
+    never_seen: int
+    removed: int
+
+
+class AgentsOut(_Out):
+    """Every agent, by name."""
+
+    generated_at: datetime = Field(description="server time of this answer")
+    down_after_s: float = Field(description="an agent not heard from for this long is down")
+    counts: AgentCounts
+    agents: list[AgentOut]
+
+
+class WindowKindOut(_Out):
+    """A kind of analysis window and its newest analysed window."""
+
+    name: str = Field(description="the value of window= (its length: 30s, 10m, ...)")
+    role: Literal["fast", "ten_minute"]
+    length_s: int
+    every_s: int = Field(description="a new window of this kind is analysed this often")
+    latest_start: datetime | None = Field(description="null until one has been analysed")
+    latest_end: datetime | None
+    computed_at: datetime | None
+
+
+class WindowsOut(_Out):
+    """The window kinds the analysis builds."""
+
+    default: str = Field(description="the window that /sla and /heatmap use by default")
+    kinds: list[WindowKindOut]
+    not_built: list[str] = Field(description="in the contract, answered with 400 for now")
+
+
+class SlaRowOut(_Out):
+    """The SLA of one entity in one window."""
+
+    entity: str
+    probes: int
+    successes: int
+    failures: int
+    retransmitted: int
+    p50_us: float | None
+    p90_us: float | None
+    p99_us: float | None
+    p999_us: float | None
+    drop_rate: float | None = Field(
+        description="probes that needed a SYN retransmission / successful probes (PM §4.2)"
+    )
+
+
+class SlaOut(_Out):
+    """Per-entity SLAs of one analysed window."""
+
+    window: str
+    scope: str
+    window_start: datetime | None = Field(description="null when no window matches")
+    window_end: datetime | None
+    computed_at: datetime | None
+    note: str | None = Field(description="why there are no rows, when there are none")
+    rows: list[SlaRowOut]
+
+
+class HeatmapCell(_Out):
+    """One src × dst cell; ``value`` is null when there is no data or no probe succeeded."""
+
+    src: str
+    dst: str
+    value: float | None
+    probes: int
+    failures: int
+
+
+class Thresholds(_Out):
+    """Colours: green below ``green_below``, red above ``red_above``, yellow between."""
+
+    green_below: float
+    red_above: float
+
+
+class HeatmapHead(_Out):
+    """Everything of a heatmap but its cells."""
+
+    level: str
+    metric: str
+    unit: Literal["us", "ratio"]
+    window: str
+    dc: str | None = Field(description="the DC the entities were restricted to, if any")
+    window_start: datetime | None
+    window_end: datetime | None
+    computed_at: datetime | None
+    generated_at: datetime
+    note: str | None
+    thresholds: Thresholds
+    entities: list[str]
+
+
+class HeatmapOut(HeatmapHead):
+    """The src × dst matrix of one window at one level.
+
+    ``cells`` is dense and row-major: ``cells[i * len(entities) + j]`` is
+    ``entities[i] → entities[j]``; a cell without data has ``probes`` 0 and ``value`` null.
+    """
+
+    cells: list[HeatmapCell]
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def agent_status(
+    *, last_seen_s: float | None, in_topology: bool, now_s: float, down_after_s: float
+) -> AgentStatus:
+    """The status of one agent at ``now_s``."""
+    if not in_topology:
+        return AgentStatus.REMOVED
+    if last_seen_s is None:
+        return AgentStatus.NEVER_SEEN
+    if now_s - last_seen_s <= down_after_s:
+        return AgentStatus.UP
+    return AgentStatus.DOWN
+
+
+def utc(seconds: float | None) -> datetime | None:
+    """UNIX seconds as an aware UTC datetime (to the millisecond), or None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(round(seconds, 3), tz=UTC)
+
+
+def parse_rfc3339(name: str, text: str) -> datetime:
+    """Parse an RFC 3339 time with a timezone; ValueError names the parameter."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise ValueError(
+            f"query parameter {name!r}: {text!r} is not an RFC 3339 time with a timezone "
+            "(e.g. 2027-01-15T08:00:00Z)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowKind:
+    """A kind of analysis window, as the analysis names and schedules it."""
+
+    name: str
+    role: Literal["fast", "ten_minute"]
+    length_s: int
+    every_s: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiStatistics:
+    """Counters of the read API (they feed ``/metrics``)."""
+
+    agents_requests_total: int
+    windows_requests_total: int
+    sla_requests_total: int
+    heatmap_requests_total: int
+    rejected_requests_total: int  # answered 400/422 by these handlers
+    heatmap_over_limit_total: int  # refused: more cells than ``max_heatmap_cells``
+    heatmap_cells_served_total: int
+
+
+class Api:
+    """The read API over the results database and the topology.
+
+    ``router`` is the :class:`fastapi.APIRouter` to include in an app; ``statistics()``
+    counts what it served and refused.
+    """
+
+    def __init__(
+        self,
+        db: ResultsDB,
+        source: TopologySource,
+        config: ServerConfig,
+        *,
+        clock: Clock,
+        max_heatmap_cells: int = DEFAULT_MAX_HEATMAP_CELLS,
+    ) -> None:
+        if max_heatmap_cells < 1:
+            raise ValueError(f"max_heatmap_cells: {max_heatmap_cells} must be at least 1")
+        self._db = db
+        self._source = source
+        self._config = config
+        self._clock = clock
+        self._max_cells = max_heatmap_cells
+        analysis = config.analysis
+        self._kinds = (
+            WindowKind(
+                name=window_name(analysis.fast_window_s),
+                role="fast",
+                length_s=analysis.fast_window_s,
+                every_s=analysis.fast_every_s,
+            ),
+            WindowKind(
+                name=window_name(analysis.ten_minute_window_s),
+                role="ten_minute",
+                length_s=analysis.ten_minute_window_s,
+                every_s=analysis.ten_minute_window_s,
+            ),
+        )
+        if self._kinds[0].name == self._kinds[1].name:
+            raise ValueError(
+                f"config.analysis: the fast and ten-minute windows are both {self._kinds[0].name}"
+            )
+        self.default_window = self._kinds[1].name  # DESIGN.md: SLAs default to 10 minutes
+        self._lock = threading.Lock()
+        self._counts = {
+            "agents_requests_total": 0,
+            "windows_requests_total": 0,
+            "sla_requests_total": 0,
+            "heatmap_requests_total": 0,
+            "rejected_requests_total": 0,
+            "heatmap_over_limit_total": 0,
+            "heatmap_cells_served_total": 0,
+        }
+        self.router = self._build_router()
+
+    def statistics(self) -> ApiStatistics:
+        """An immutable snapshot of the counters."""
+        with self._lock:
+            return ApiStatistics(**self._counts)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _reject(self, status_code: int, detail: str) -> HTTPException:
+        self._count("rejected_requests_total")
+        return HTTPException(status_code=status_code, detail=detail)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def agents(self) -> AgentsOut:
+        """Every server of the topology, plus agents seen that the topology no longer has."""
+        self._count("agents_requests_total")
+        now_s = self._clock.now_s()
+        down_after_s = self._config.agent_down_after_s
+        topology = self._source.topology
+        seen = {row.name: row for row in self._db.agents()}
+        out: list[AgentOut] = []
+        for server in topology.servers:
+            row = seen.get(server.name)
+            out.append(
+                self._agent_out(
+                    name=server.name,
+                    address=server.address,
+                    place=(server.dc, server.podset, server.tor),
+                    row=row,
+                    status=agent_status(
+                        last_seen_s=row.last_seen_s if row else None,
+                        in_topology=True,
+                        now_s=now_s,
+                        down_after_s=down_after_s,
+                    ),
+                )
+            )
+        for name, row in seen.items():
+            if topology.server(name) is None:
+                out.append(
+                    self._agent_out(
+                        name=name,
+                        address=row.address,
+                        place=(None, None, None),
+                        row=row,
+                        status=AgentStatus.REMOVED,
+                    )
+                )
+        out.sort(key=lambda a: a.name)
+        counts = dict.fromkeys(AgentStatus, 0)
+        for agent in out:
+            counts[agent.status] += 1
+        return AgentsOut(
+            generated_at=datetime.fromtimestamp(now_s, tz=UTC),
+            down_after_s=down_after_s,
+            counts=AgentCounts(**{status.value: n for status, n in counts.items()}),
+            agents=out,
+        )
+
+    @staticmethod
+    def _agent_out(
+        *,
+        name: str,
+        address: str,
+        place: tuple[str | None, str | None, str | None],
+        row: AgentRow | None,
+        status: AgentStatus,
+    ) -> AgentOut:
+        return AgentOut(
+            name=name,
+            address=address,
+            dc=place[0],
+            podset=place[1],
+            tor=place[2],
+            status=status,
+            first_seen=utc(row.first_seen_s) if row else None,
+            last_seen=utc(row.last_seen_s) if row else None,
+            last_fetch=utc(row.last_fetch_s) if row else None,
+            last_upload=utc(row.last_upload_s) if row else None,
+            pinglist_version=row.pinglist_version if row else None,
+        )
+
+    def windows(self) -> WindowsOut:
+        """The window kinds, fast first, each with its newest analysed window."""
+        self._count("windows_requests_total")
+        kinds = []
+        for kind in self._kinds:
+            latest = self._db.latest_window(kind.name)
+            kinds.append(
+                WindowKindOut(
+                    name=kind.name,
+                    role=kind.role,
+                    length_s=kind.length_s,
+                    every_s=kind.every_s,
+                    latest_start=utc(latest.window_start) if latest else None,
+                    latest_end=utc(latest.window_end) if latest else None,
+                    computed_at=utc(latest.computed_at_s) if latest else None,
+                )
+            )
+        return WindowsOut(default=self.default_window, kinds=kinds, not_built=list(FUTURE_WINDOWS))
+
+    def sla(self, scope: SlaScope, window: str, at: str | None) -> SlaOut:
+        """Per-entity SLAs of one window."""
+        self._count("sla_requests_total")
+        if scope not in BUILT_SCOPES:
+            raise self._reject(
+                400,
+                f"query parameter 'scope': {scope!r} is not built yet; "
+                f"supported: {', '.join(BUILT_SCOPES)}",
+            )
+        row, note = self._pick_window(window, at)
+        if row is None:
+            return SlaOut(
+                window=window,
+                scope=scope,
+                window_start=None,
+                window_end=None,
+                computed_at=None,
+                note=note,
+                rows=[],
+            )
+        rows = [
+            SlaRowOut(
+                entity=r.entity,
+                probes=r.probes,
+                successes=r.successes,
+                failures=r.failures,
+                retransmitted=r.retransmitted,
+                p50_us=r.p50_us,
+                p90_us=r.p90_us,
+                p99_us=r.p99_us,
+                p999_us=r.p999_us,
+                drop_rate=r.drop_rate,
+            )
+            for r in self._db.sla(row.window, row.window_start, scope)
+        ]
+        return SlaOut(
+            window=window,
+            scope=scope,
+            window_start=utc(row.window_start),
+            window_end=utc(row.window_end),
+            computed_at=utc(row.computed_at_s),
+            note=None if rows else f"the {window} window has no {scope} rows",
+            rows=rows,
+        )
+
+    def heatmap(
+        self,
+        level: HeatmapLevel,
+        metric: Metric,
+        window: str,
+        at: str | None,
+        dc: str | None,
+    ) -> dict[str, Any]:
+        """The dense src × dst matrix of one window at one level, as a JSON-ready document.
+
+        The document has the shape of :class:`HeatmapOut`. Cells are plain dicts, not
+        models: with up to ``max_heatmap_cells`` of them, validating each would cost more
+        than the rest of the request, and their values come from our own database.
+        """
+        self._count("heatmap_requests_total")
+        topology = self._source.topology
+        entities = self._entities(topology, level, dc)
+        n = len(entities)
+        if n * n > self._max_cells:
+            self._count("heatmap_over_limit_total")
+            raise self._reject(
+                400,
+                f"level {level!r} has {n} entities ({n * n} cells), over the "
+                f"limit of {self._max_cells} cells; restrict it with dc= or use a coarser level",
+            )
+        row, note = self._pick_window(window, at)
+        heat = self._config.heatmap
+        if metric == "p99":
+            thresholds = Thresholds(green_below=heat.green_below_us, red_above=heat.red_above_us)
+        else:
+            thresholds = Thresholds(
+                green_below=heat.drop_green_below, red_above=heat.drop_red_above
+            )
+        head = HeatmapHead(
+            level=level,
+            metric=metric,
+            unit="us" if metric == "p99" else "ratio",
+            window=window,
+            dc=dc,
+            window_start=utc(row.window_start) if row else None,
+            window_end=utc(row.window_end) if row else None,
+            computed_at=utc(row.computed_at_s) if row else None,
+            generated_at=datetime.fromtimestamp(self._clock.now_s(), tz=UTC),
+            note=note,
+            thresholds=thresholds,
+            entities=list(entities),
+        )
+        cells: list[dict[str, Any]] = [
+            {"src": src, "dst": dst, "value": None, "probes": 0, "failures": 0}
+            for src in entities
+            for dst in entities
+        ]
+        if row is not None:
+            index = {name: i for i, name in enumerate(entities)}
+            for m in self._db.matrix(row.window, row.window_start, level):
+                i, j = index.get(m.src), index.get(m.dst)
+                if i is None or j is None:
+                    continue  # an entity the topology no longer has (or outside ``dc``)
+                value = m.p99_us if metric == "p99" else m.drop_rate
+                cell = cells[i * n + j]
+                # NaN/inf are not JSON; pydantic writes them as null too.
+                cell["value"] = value if value is not None and math.isfinite(value) else None
+                cell["probes"] = m.probes
+                cell["failures"] = m.failures
+        self._count("heatmap_cells_served_total", len(cells))
+        document = head.model_dump(mode="json")
+        document["cells"] = cells
+        return document
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _entities(self, topology: Topology, level: Level, dc: str | None) -> Sequence[str]:
+        if dc is None:
+            return topology.entities(level)
+        if dc not in topology.dcs():
+            raise self._reject(
+                400,
+                f"query parameter 'dc': {dc!r} is not a DC of the topology "
+                f"(known: {', '.join(topology.dcs())})",
+            )
+        return sorted({s.entity(level) for s in topology.servers if s.dc == dc})
+
+    def _pick_window(self, kind: str, at: str | None) -> tuple[WindowRow | None, str | None]:
+        """The window to answer from and None, or None and why there is none."""
+        built = ", ".join(k.name for k in self._kinds)
+        if kind in FUTURE_WINDOWS:
+            raise self._reject(
+                400, f"query parameter 'window': {kind!r} is not built yet; supported: {built}"
+            )
+        if kind not in {k.name for k in self._kinds}:
+            raise self._reject(
+                422, f"query parameter 'window': {kind!r} is not a window kind; built: {built}"
+            )
+        if at is None:
+            row = self._db.latest_window(kind)
+            if row is None:
+                return None, f"no {kind} window has been analysed yet"
+            return row, None
+        try:
+            at_s = parse_rfc3339("at", at).timestamp()
+        except ValueError as exc:
+            raise self._reject(422, str(exc)) from exc
+        row = self._db.window_at(kind, at_s)
+        if row is None:
+            return None, f"no {kind} window contains {at}"
+        return row, None
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _build_router(self) -> APIRouter:
+        api = APIRouter(prefix="/api/v1", tags=["results"])
+        names = [k.name for k in self._kinds]
+        # A default value rather than Annotated: the choices come from this instance's
+        # config, and postponed annotations cannot see local variables.
+        window_query: Any = Query(
+            default=self.default_window,
+            description=f"window kind; built: {', '.join(names)} "
+            f"({' and '.join(FUTURE_WINDOWS)} answer 400 for now)",
+            json_schema_extra={"enum": [*names, *FUTURE_WINDOWS]},
+        )
+
+        @api.get("/agents", response_model=AgentsOut, summary="Every agent and its status")
+        def get_agents() -> AgentsOut:
+            """Every server of the topology, plus agents seen that the topology no longer has.
+
+            ``up``: heard from within ``down_after_s``; ``down``: heard from before, not
+            since; ``never_seen``: in the topology, never heard from; ``removed``: heard
+            from, no longer in the topology.
+            """
+            return self.agents()
+
+        @api.get("/windows", response_model=WindowsOut, summary="The analysis window kinds")
+        def get_windows() -> WindowsOut:
+            """The kinds of window that ``window=`` accepts, fast first.
+
+            Each with its newest analysed window (null until the analysis produced one).
+            """
+            return self.windows()
+
+        @api.get(
+            "/sla",
+            response_model=SlaOut,
+            responses=ERROR_RESPONSES,
+            summary="Per-entity SLAs of one window",
+        )
+        def get_sla(
+            scope: ScopeParam,
+            window: str = window_query,
+            at: AtParam = None,
+        ) -> SlaOut:
+            """Probes, failures, P50/P90/P99/P99.9 (µs) and drop rate per entity.
+
+            Without ``at``: the newest window of that kind. If there is none, ``rows`` is
+            empty and ``note`` says why; another window kind is never substituted.
+            """
+            return self.sla(scope, window, at)
+
+        @api.get(
+            "/heatmap",
+            response_model=HeatmapOut,
+            responses=ERROR_RESPONSES,
+            summary="The src × dst matrix of one window at one level",
+        )
+        def get_heatmap(
+            level: LevelParam = "tor",
+            metric: MetricParam = "p99",
+            window: str = window_query,
+            at: AtParam = None,
+            dc: DcParam = None,
+        ) -> Response:
+            """Every entity of the level (sorted) and the dense src × dst cells, row-major.
+
+            ``value`` is the P99 in µs or the drop rate; null with ``probes`` 0 means no
+            data, null with ``probes`` > 0 means every probe failed. ``thresholds`` are the
+            configured colours: green below, red above, yellow between.
+            """
+            document = self.heatmap(level, metric, window, at, dc)
+            # Serialised here rather than by FastAPI, which would validate every cell; the
+            # response model above still documents the shape.
+            return Response(
+                content=json.dumps(document, separators=(",", ":"), allow_nan=False),
+                media_type="application/json",
+            )
+
+        return api
+
+
+def router(
+    db: ResultsDB,
+    source: TopologySource,
+    config: ServerConfig,
+    *,
+    clock: Clock,
+    max_heatmap_cells: int = DEFAULT_MAX_HEATMAP_CELLS,
+) -> APIRouter:
+    """The read API (``/api/v1/agents``, ``/sla``, ``/heatmap``) as a router.
+
+    Use :class:`Api` instead to also read its ``statistics()``.
+    """
+    return Api(db, source, config, clock=clock, max_heatmap_cells=max_heatmap_cells).router
