@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 from collections import defaultdict
+from collections.abc import Hashable
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -12,13 +14,15 @@ from hypothesis import strategies as st
 
 from pingmesh.core.schedule import ProbeSchedule, TokenBucket
 
+K = TypeVar("K", bound=Hashable)
+
 intervals = st.integers(min_value=1, max_value=1_000)
 peer_sets = st.dictionaries(st.integers(0, 40), intervals, max_size=25)
 
 
-def run_exact(schedule: ProbeSchedule[int], start_ns: int, end_ns: int) -> dict[int, list[int]]:
+def run_exact(schedule: ProbeSchedule[K], start_ns: int, end_ns: int) -> dict[K, list[int]]:
     """Call due() exactly at every next_due_ns() up to end_ns; the times each peer came up."""
-    seen: dict[int, list[int]] = defaultdict(list)
+    seen: dict[K, list[int]] = defaultdict(list)
     now = start_ns
     while True:
         for key in schedule.due(now):
@@ -88,7 +92,8 @@ def test_never_more_often_than_the_interval(
 def test_every_present_peer_stays_scheduled(
     ops: list[tuple[str, int, dict[int, int]]], seed: int
 ) -> None:
-    """After any history, every peer of the current set comes up within one interval."""
+    """After any history, every peer of the current set comes up within two intervals
+    (one, plus at most one more to spread a late clump)."""
     schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(seed))
     now = 0
     peers: dict[int, int] = {}
@@ -98,9 +103,21 @@ def test_every_present_peer_stays_scheduled(
             schedule.replace(new, now)
         else:
             schedule.due(now)
-    horizon = now + max(peers.values(), default=0)
+    horizon = now + 2 * max(peers.values(), default=0)
     seen = run_exact(schedule, now, horizon)
     assert set(seen) == set(peers)
+
+
+def test_a_late_caller_does_not_turn_peers_into_a_clump() -> None:
+    """1000 peers that all fell due while the caller was held up do not stay together."""
+    schedule: ProbeSchedule[int] = ProbeSchedule(rng=random.Random(11))
+    schedule.replace(dict.fromkeys(range(1000), 1_000_000), 0)
+    assert len(schedule.due(2_000_000)) == 1000  # held up: all collected at one instant
+    nexts = [t for t, _, _ in schedule._heap]
+    assert min(nexts) >= 3_000_000  # never sooner than one interval
+    assert max(nexts) < 4_000_000  # at most one more interval
+    quarters = [sum(1 for t in nexts if q <= (t - 3_000_000) // 250_000 < q + 1) for q in range(4)]
+    assert all(n > 100 for n in quarters)  # spread out again
 
 
 def test_replace_keeps_unchanged_peers_and_drops_removed_ones() -> None:

@@ -13,9 +13,15 @@ is a hard *minimum* (PM §3.4.2: a hard-coded floor bounds the worst-case probe 
   agent's own probes are spread evenly rather than fired in one burst.
 - *Rescheduling.* A peer returned by :meth:`ProbeSchedule.due` at time ``now`` is next due at
   ``now + interval``, not at ``due + interval``. If the caller is late, the peer's phase
-  shifts by the lateness instead of being probed twice in quick succession; consecutive
-  probes of a peer are therefore never closer than its interval. A caller that wakes exactly
-  at :meth:`ProbeSchedule.next_due_ns` probes each peer exactly once per interval.
+  shifts instead of the peer being probed twice in quick succession; consecutive probes of a
+  peer are therefore never closer than its interval. A caller that wakes exactly at
+  :meth:`ProbeSchedule.next_due_ns` probes each peer exactly once per interval.
+- *No clumps.* A caller that was held up for ``L`` (all probe slots busy, the process
+  suspended) collects at once every peer that fell due during ``L``. Rescheduled at the same
+  ``now + interval``, they would stay in one clump forever, hitting the rate cap together
+  round after round. So a peer that is late by ``L`` gets ``U[0, min(L, interval))`` more:
+  the clump spreads back over about the time it took to form, and the interval stays a
+  minimum.
 - *Pinglist changes.* :meth:`ProbeSchedule.replace` keeps the due time of every peer that
   stays with the same interval, schedules new peers with jitter, and forgets removed peers
   *lazily*: their heap entries stay until they surface and are then discarded, because the
@@ -114,7 +120,8 @@ class ProbeSchedule(Generic[K]):
     def due(self, now_ns: int, *, limit: int | None = None) -> list[K]:
         """The peers due at ``now_ns`` (earliest first, at most ``limit``), rescheduled.
 
-        Every peer returned is next due at ``now_ns + interval``.
+        Every peer returned is next due at ``now_ns + interval``, plus a random part of its
+        lateness (at most one more interval) to break up clumps; see the module docstring.
         """
         if limit is not None and limit < 0:
             raise ValueError(f"limit: {limit} is negative")
@@ -126,8 +133,10 @@ class ProbeSchedule(Generic[K]):
             if state is None or state.seq != seq:
                 continue  # a removed or rescheduled peer's stale entry
             out.append(key)
+            late_ns = now_ns - state.due_ns
+            spread_ns = self._rng.randrange(min(late_ns, state.interval_ns)) if late_ns > 0 else 0
             state.last_ns = now_ns
-            state.due_ns = now_ns + state.interval_ns
+            state.due_ns = now_ns + state.interval_ns + spread_ns
             state.seq = next(self._seq)
             heapq.heappush(heap, (state.due_ns, state.seq, key))
         return out
