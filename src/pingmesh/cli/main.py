@@ -56,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--name", help="this server's name (or address) in the topology")
     agent.add_argument("--bind", metavar="ADDR", help="address to probe from and answer on")
-    agent.add_argument(
-        "--results", metavar="FILE|-", help="also write every probe as a JSON line"
-    )
+    agent.add_argument("--results", metavar="FILE|-", help="also write every probe as a JSON line")
     agent.add_argument("--config", type=Path, help="YAML config file (section 'agent')")
     agent.add_argument("--version", action="version", version=f"pingmesh {__version__}")
 
