@@ -69,7 +69,23 @@ def test_data_survives_reopening_and_a_newer_schema_is_refused(tmp_path: Path) -
     db.close()
     again = ResultsDB(path)
     assert len(again.sla("30s", 0, "tor")) == 1
-    again._db.execute("PRAGMA user_version=99")
+    again.database.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at_s) VALUES (99, 'future', 0)"
+    )
     again.close()
     with pytest.raises(StoreError, match="newer than this pingmesh"):
         ResultsDB(path)
+
+
+def test_migrations_are_applied_once(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    ResultsDB(path).close()
+    again = ResultsDB(path)
+    versions = again.database.query("SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(v,) for v in range(1, len(versions) + 1)]
+    assert len(versions) >= 1
+
+
+def test_an_unsupported_database_url_is_named(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unsupported scheme 'mysql'"):
+        ResultsDB("mysql://db/pingmesh")
