@@ -10,7 +10,9 @@
     │   └── BatchError          a result batch that cannot be accepted
     ├── UnknownServerError      a server that the topology does not name
     ├── ControllerError         the controller could not be reached or answered badly
-    └── StoreError              the raw store or the results database failed
+    ├── StoreError              the raw store or the results database failed
+    ├── NotifyError             a notifier (SMTP, webhook) could not deliver an alert
+    └── LabError                the fault lab could not be built, changed or removed
 
 Foreign exceptions are translated where they cross into pingmesh and re-raised ``from`` the
 original, so the cause is never lost.  Probe failures are not exceptions: they are data
@@ -72,3 +74,11 @@ class ControllerError(PingmeshError):
 
 class StoreError(PingmeshError):
     """The raw store or the results database failed."""
+
+
+class NotifyError(PingmeshError):
+    """A notifier could not deliver a message (the dispatcher retries)."""
+
+
+class LabError(PingmeshError):
+    """The lab could not be built, changed or removed (not root, a command failed, …)."""

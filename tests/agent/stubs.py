@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request, Response
 
-from pingmesh.core.probe import Scope
+from pingmesh.core.probe import ProbeKind, ProbeTarget, Scope
 from pingmesh.wire.pinglist import PeerModel, PinglistModel
 
 
@@ -52,6 +53,9 @@ class ControllerStub:
     results_plan: list[int] = field(default_factory=list)  # statuses to answer first, in order
     retry_after: str | None = None
     posts: list[dict[str, object]] = field(default_factory=list)  # every POSTed batch
+    tasks: dict[str, dict[str, object]] = field(default_factory=dict)  # server -> TaskList JSON
+    task_polls: int = 0
+    traceroutes: list[dict[str, object]] = field(default_factory=list)  # every posted batch
     accepted: list[dict[str, object]] = field(default_factory=list)  # batches answered 200
 
     def accepted_records(self) -> list[dict[str, object]]:
@@ -95,6 +99,19 @@ def stub_app(stub: ControllerStub) -> FastAPI:
         ack = {"batch_id": batch["batch_id"], "accepted": len(batch["records"]), "duplicate": False}
         return Response(content=json.dumps(ack), media_type="application/json")
 
+    @app.get("/api/v1/tasks/{name}")
+    async def tasks(name: str) -> Response:
+        stub.task_polls += 1
+        found = stub.tasks.get(name)
+        if found is None:
+            return Response(status_code=404, content=b'{"detail": "no tasks"}')
+        return Response(content=json.dumps(found), media_type="application/json")
+
+    @app.post("/api/v1/traceroutes")
+    async def traceroutes(request: Request) -> Response:
+        stub.traceroutes.append(json.loads(await request.body()))
+        return Response(content=b'{"accepted": true}', media_type="application/json")
+
     return app
 
 
@@ -103,3 +120,36 @@ async def eventually_true(condition: object, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # type: ignore[operator]
             await asyncio.sleep(0.02)
+
+
+def target(
+    address: str,
+    port: int,
+    *,
+    kind: ProbeKind = ProbeKind.TCP,
+    size_bytes: int = 0,
+    name: str = "p1",
+    interval_s: float = 1.0,
+) -> ProbeTarget:
+    """One probe target (a pinglist entry, compact)."""
+    return ProbeTarget(
+        name=name,
+        address=address,
+        port=port,
+        kind=kind,
+        scope=Scope.INTRA_TOR,
+        interval_s=interval_s,
+        size_bytes=size_bytes,
+    )
+
+
+def open_fds() -> int:
+    """File descriptors open in this process now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def closed_port(host: str) -> int:
+    """A TCP/UDP port on ``host`` where nothing listens (refused)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

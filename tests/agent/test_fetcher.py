@@ -6,10 +6,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from pingmesh.agent.fetcher import PinglistFetcher
+from pingmesh.agent.http_client import H11Client
 from pingmesh.agent.pinglist_policy import PinglistState
 from tests.agent.stubs import ControllerStub, free_port, pinglist_for
 
@@ -17,13 +17,14 @@ PEERS = pinglist_for("a", "127.0.0.1", [("b", "127.0.0.2", 9781), ("c", "127.0.0
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
-        yield http
+async def client() -> AsyncIterator[H11Client]:
+    http = H11Client()
+    yield http
+    await http.aclose()
 
 
 def make_fetcher(
-    client: httpx.AsyncClient,
+    client: H11Client,
     url: str,
     changes: list[PinglistState],
     *,
@@ -42,13 +43,13 @@ def make_fetcher(
     )
 
 
-async def test_200_then_304(controller: ControllerStub, client: httpx.AsyncClient) -> None:
+async def test_200_then_304(controller: ControllerStub, client: H11Client) -> None:
     controller.pinglists["a"] = PEERS
     changes: list[PinglistState] = []
     fetcher = make_fetcher(client, controller.url, changes)
     state = await fetcher.refresh()
     assert state.probing
-    assert state.pinglist == PEERS
+    assert state.pinglist == PEERS.to_plan()
     state = await fetcher.refresh()
     assert state.probing
     assert "if-none-match" not in controller.fetch_headers[0]
@@ -61,16 +62,14 @@ async def test_200_then_304(controller: ControllerStub, client: httpx.AsyncClien
 
 
 async def test_a_name_that_is_the_address_is_accepted(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglists["127.0.0.1"] = PEERS
     fetcher = make_fetcher(client, controller.url, [], name="127.0.0.1")
     assert (await fetcher.refresh()).probing
 
 
-async def test_404_stops_probing_at_once(
-    controller: ControllerStub, client: httpx.AsyncClient
-) -> None:
+async def test_404_stops_probing_at_once(controller: ControllerStub, client: H11Client) -> None:
     controller.pinglists["a"] = PEERS
     changes: list[PinglistState] = []
     fetcher = make_fetcher(client, controller.url, changes)
@@ -84,7 +83,7 @@ async def test_404_stops_probing_at_once(
 
 
 async def test_three_failures_fail_closed_then_recover(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglists["a"] = PEERS
     changes: list[PinglistState] = []
@@ -107,17 +106,17 @@ async def test_three_failures_fail_closed_then_recover(
     assert [c.probing for c in changes] == [True, False, True]
 
 
-async def test_an_unreachable_controller_is_a_failure(client: httpx.AsyncClient) -> None:
+async def test_an_unreachable_controller_is_a_failure(client: H11Client) -> None:
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     fetcher = make_fetcher(client, url, [])
     state = await fetcher.refresh()
     assert not state.probing
     assert state.consecutive_failures == 1
-    assert "ConnectError" in state.reason
+    assert "ConnectionRefusedError" in state.reason
 
 
 async def test_an_empty_pinglist_stops_probing(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglists["a"] = PEERS
     fetcher = make_fetcher(client, controller.url, [])
@@ -129,7 +128,7 @@ async def test_an_empty_pinglist_stops_probing(
 
 
 async def test_an_invalid_pinglist_is_a_failure_naming_the_field(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglist_body = b'{"version": "x", "server": "a", "address": "1", "peers": 7}'
     fetcher = make_fetcher(client, controller.url, [])
@@ -140,7 +139,7 @@ async def test_an_invalid_pinglist_is_a_failure_naming_the_field(
 
 
 async def test_a_pinglist_for_another_server_is_a_failure(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglists["a"] = pinglist_for("zz", "127.0.0.9", [("b", "127.0.0.2", 9781)])
     fetcher = make_fetcher(client, controller.url, [])
@@ -150,7 +149,7 @@ async def test_a_pinglist_for_another_server_is_a_failure(
 
 
 async def test_run_refreshes_periodically_and_cancels_cleanly(
-    controller: ControllerStub, client: httpx.AsyncClient
+    controller: ControllerStub, client: H11Client
 ) -> None:
     controller.pinglists["a"] = PEERS
     fetcher = make_fetcher(client, controller.url, [], refresh_s=0.05)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -36,7 +35,7 @@ def value(found: dict[str, list[Sample]], name: str, **labels: str) -> float:
 @pytest.fixture
 async def server() -> AsyncIterator[MetricsServer]:
     metrics = MetricsServer(
-        bind="127.0.0.1", port=0, registry=CollectorRegistry(), max_connections=2
+        bind="127.0.0.1", port=0, render=lambda: b"# nothing\n", max_connections=2
     )
     await metrics.start()
     task = asyncio.create_task(metrics.serve())
@@ -89,17 +88,21 @@ async def test_agent_metrics_are_valid_prometheus_text_with_the_counters(
     assert ok >= 1
     assert refused >= 1
     assert value(found, "pingmesh_agent_probes_total", kind="tcp", outcome="timeout") == 0
-    assert value(found, "pingmesh_agent_results_written_total") == ok + refused
+    written = value(found, "pingmesh_agent_results_written_total")
+    assert written + value(found, "pingmesh_agent_results_buffered") == ok + refused
     assert value(found, "pingmesh_agent_probes_rate_limited_total") == 0
-    assert value(found, "pingmesh_agent_responder_connections_rejected_total") == 0
+    assert value(found, "pingmesh_agent_responder_connections_rejected_total", cap="total") == 0
     assert value(found, "pingmesh_agent_http_requests_total", path="/metrics") == 1
     assert value(found, "pingmesh_agent_info", mode="standalone") == 1
     assert "pingmesh_agent_upload_batches_sent_total" not in found  # no uploader standalone
-    # Counters end in _total, gauges do not.
+    # Counters end in _total, gauges do not; histograms have buckets, a sum and a count.
     for family in text_string_to_metric_families(response.text):
-        assert family.type in ("counter", "gauge"), family.name
+        assert family.type in ("counter", "gauge", "histogram"), family.name
         for sample in family.samples:
-            assert sample.name.endswith("_total") == (family.type == "counter"), sample.name
+            if family.type == "histogram":
+                assert sample.name.endswith(("_bucket", "_sum", "_count")), sample.name
+            else:
+                assert sample.name.endswith("_total") == (family.type == "counter"), sample.name
     assert stats.http is not None
     assert ping.status_code == 200
     assert ping.text == "pong"
@@ -139,7 +142,9 @@ async def test_controller_mode_metrics_show_fetches_and_uploads(
     assert value(found, "pingmesh_agent_upload_batches_sent_total") >= 1
     assert value(found, "pingmesh_agent_upload_records_sent_total") >= 1
     assert value(found, "pingmesh_agent_upload_records_dropped_total", reason="queue_full") == 0
-    assert value(found, "pingmesh_agent_responder_connections_total") >= 1  # it probed itself
+    assert value(found, "pingmesh_agent_probes_total", kind="tcp", outcome="ok") >= 1  # itself
+    # Connect probes never wake the responder (TCP_DEFER_ACCEPT).
+    assert value(found, "pingmesh_agent_responder_connections_total") == 0
     assert value(found, "pingmesh_agent_info", mode="controller") == 1
 
 
@@ -188,7 +193,7 @@ async def test_connections_over_the_cap_are_closed(server: MetricsServer) -> Non
 
 
 async def test_cancelling_serve_closes_its_connections() -> None:
-    metrics = MetricsServer(bind="127.0.0.1", port=0, registry=CollectorRegistry())
+    metrics = MetricsServer(bind="127.0.0.1", port=0, render=lambda: b"")
     address = await metrics.start()
     task = asyncio.create_task(metrics.serve())
     reader, writer = await asyncio.open_connection(*address)
@@ -202,3 +207,56 @@ async def test_cancelling_serve_closes_its_connections() -> None:
     assert metrics.statistics().open_connections == 0
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(*address)
+
+
+async def scrape(agent: Agent, stop_after: int) -> dict[str, list[Sample]]:
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(20):
+            await agent.wait_listening()
+            await agent.wait_probes(stop_after)
+        return samples(agent.render_metrics().decode())
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(("limit", "per_peer"), [(10, True), (1, False)])
+async def test_histograms_per_scope_always_per_peer_only_below_the_limit(
+    tmp_path: Path, loopback: str, limit: int, per_peer: bool
+) -> None:
+    a = loopback + "1"
+    a_port = free_port(a)
+    pinglist = pinglist_for("a", a, [("self", a, a_port), ("other", a, free_port(a))])
+    (tmp_path / "a.json").write_text(pinglist.model_dump_json())
+    agent = Agent(
+        AgentConfig(
+            bind=a,
+            responder_port=a_port,
+            http_port=0,
+            pinglist_file=tmp_path / "a.json",
+            per_peer_metrics_max_peers=limit,
+        )
+    )
+    found = await scrape(agent, 2)
+    buckets = [
+        s for s in found["pingmesh_agent_scope_rtt_seconds_bucket"] if s.labels["kind"] == "tcp"
+    ]
+    bounds = [float(s.labels["le"]) for s in buckets]
+    assert bounds[:3] == [25e-6, 50e-6, 100e-6]  # 25 µs doubling, the same on every agent
+    assert bounds[-1] == float("inf")
+    assert [s.value for s in buckets] == sorted(s.value for s in buckets)
+    assert (
+        value(found, "pingmesh_agent_scope_rtt_seconds_count", kind="tcp", scope="intra_tor") >= 1
+    )
+    assert value(found, "pingmesh_agent_limit", limit="max_payload_bytes") == 65536
+    assert value(found, "pingmesh_agent_limit", limit="min_interval_seconds") == 1
+    assert value(found, "pingmesh_agent_peer_series") == int(per_peer)
+    assert ("pingmesh_agent_peer_rtt_seconds_bucket" in found) is per_peer
+    assert value(found, "process_resident_memory_bytes") > 1_000_000
+    if per_peer:
+        refused = value(
+            found, "pingmesh_agent_peer_probes_total", peer="other", kind="tcp", outcome="refused"
+        )
+        assert refused >= 1

@@ -14,8 +14,8 @@ from pingmesh.agent.pinglist_policy import (
 )
 from tests.agent.stubs import pinglist_for
 
-FULL = pinglist_for("a", "127.0.0.1", [("b", "127.0.0.2", 9781)])
-EMPTY = pinglist_for("a", "127.0.0.1", [])
+FULL = pinglist_for("a", "127.0.0.1", [("b", "127.0.0.2", 9781)]).to_plan()
+EMPTY = pinglist_for("a", "127.0.0.1", []).to_plan()
 OK = FetchOutcome(result=FetchResult.OK, pinglist=FULL, etag='"v1"')
 NOT_MODIFIED = FetchOutcome(result=FetchResult.NOT_MODIFIED)
 NOT_FOUND = FetchOutcome(result=FetchResult.NOT_FOUND, detail="unknown server")

@@ -118,7 +118,9 @@ async def test_connection_cap_resets_the_excess_and_counts_it(
         writer.write(b"%d" % i)
         assert await reader.readexactly(1) == b"%d" % i  # admitted and echoing
         clients.append((reader, writer))
+    # With TCP_DEFER_ACCEPT the kernel hands a connection over once it carries data.
     reader3, writer3 = await asyncio.open_connection(*responder.address)
+    writer3.write(b"3")
     assert await closed_by_peer(reader3)
     writer3.close()
     stats = responder.statistics()

@@ -67,3 +67,21 @@ def test_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
     writer.write(RESULT)  # closed
     assert writer.statistics().written == 1
     assert writer.statistics().write_errors == 2
+
+
+def test_lines_are_written_whole_at_flush_or_when_64_kib_wait(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    writer = ResultsFileWriter(str(path))
+    writer.open()
+    writer.write(RESULT)
+    assert path.read_text() == ""  # not yet: one write per flush, not per probe
+    assert writer.statistics().buffered == 1
+    writer.flush()
+    assert len(path.read_text().splitlines()) == 1
+    assert (writer.statistics().written, writer.statistics().buffered) == (1, 0)
+    line_bytes = len(path.read_text())
+    for _ in range(64 * 1024 // line_bytes + 1):
+        writer.write(RESULT)  # the 64 KiB mark flushes on its own
+    assert writer.statistics().buffered == 0
+    assert path.read_text().endswith("\n")
+    writer.close()

@@ -109,6 +109,8 @@ async def test_timeout_when_syns_are_dropped(
     assert result.outcome is Outcome.TIMEOUT
     assert "no answer within 0.3 s" in result.detail
     assert result.src_port > 0
+    assert open_fds() == before + 1  # the prober's epoll set, kept for the next probes
+    prober.close()
     assert open_fds() == before
 
 
@@ -143,10 +145,12 @@ async def test_cancellation_propagates_and_leaks_no_socket(
         prober.probe(peer("127.0.0.1", listener.getsockname()[1]), timeout_s=30)
     )
     await asyncio.sleep(0.1)
-    assert open_fds() == before + 1  # the probe's socket
+    assert open_fds() == before + 2  # the probe's socket and the prober's epoll set
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert open_fds() == before + 1
+    prober.close()
     assert open_fds() == before
 
 

@@ -10,10 +10,15 @@ import pytest
 
 from pingmesh.analysis.runner import ATTEMPTS_PER_WINDOW, AnalysisRunner
 from pingmesh.clock import FakeClock
-from pingmesh.config import AnalysisConfig
+from pingmesh.config import AnalysisConfig, PinglistConfig, RetentionConfig
+from pingmesh.controller.topology_source import TopologySource
+from pingmesh.core.analysis.synthetic import BlackHole
+from pingmesh.store.incidents import IncidentStore
 from pingmesh.store.raw import RawStore
-from pingmesh.store.results import ResultsDB
+from pingmesh.store.results import ResultsDB, WindowRow
+from pingmesh.store.rollups import RollupStore
 from tests.analysis.rawdata import T0_S, probe, table
+from tests.analysis.synthetic_store import SERVERS, TOPOLOGY, synthetic_rows, write_in_flushes
 
 CONFIG = AnalysisConfig(fast_window_s=30, fast_every_s=10, lag_s=10, ten_minute_window_s=600)
 
@@ -42,8 +47,9 @@ async def test_writes_the_fast_and_the_ten_minute_window(raw: RawStore, db: Resu
     assert fast is not None
     # end = floor(now - lag, 10 s) = T0 + 1200; the window is the 30 s before it.
     assert (fast.window_start, fast.window_end, fast.records) == (T0_S + 1170, T0_S + 1200, 30)
-    a1 = db.sla("30s", T0_S + 1170, "server")
-    assert [(r.entity, r.probes, r.p50_us) for r in a1] == [("a1", 30, 1184.0)]
+    (a1,) = db.sla("30s", T0_S + 1170, "server")
+    assert (a1.entity, a1.probes) == ("a1", 30)
+    assert a1.p50_us == pytest.approx(1184.0, rel=0.01)  # within the histogram's 1 %
 
     ten = db.windows("10m")
     # A fresh database starts at the newest closed window, [T0 + 600, T0 + 1200).
@@ -180,3 +186,116 @@ async def test_cancelled_mid_job_the_job_finishes_and_is_counted(
     assert fast is not None
     assert fast.records == 30
     assert db.windows("10m") == []
+
+
+# -- rollups, retention and detection through the runner -------------------------------------
+
+
+def full_runner(
+    raw: RawStore, db: ResultsDB, tmp_path: Path, clock: FakeClock, **kwargs: object
+) -> AnalysisRunner:
+
+    return AnalysisRunner(
+        raw,
+        db,
+        kwargs.pop("config", CONFIG),  # type: ignore[arg-type]
+        clock=clock,
+        source=TopologySource(TOPOLOGY),
+        pinglist=PinglistConfig(inter_dc_per_podset=1),  # as the synthetic fleet probes
+        rollups=RollupStore(tmp_path / "rollups"),
+        incidents=IncidentStore(db.database),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_hour_and_the_day_are_rolled_up_when_their_windows_are_done(
+    tmp_path: Path, db: ResultsDB
+) -> None:
+
+    raw = write_in_flushes(tmp_path / "raw2", synthetic_rows(T0_S, T0_S + 3600), every_s=120.0)
+    clock = FakeClock(T0_S + 15)  # a fresh database starts here
+    runner = full_runner(raw, db, tmp_path, clock)
+    for _ in range(7):  # every ten minutes, past the hour
+        clock.advance(600)
+        await runner.run_once(clock.now_s())
+    assert len(db.windows("10m")) == 7
+    (hour,) = db.windows("1h")
+    assert (hour.window_start, hour.window_end) == (T0_S, T0_S + 3600)
+    # The hour is the sum of its six ten-minute windows, rolled up, not read again from raw.
+    assert hour.records == sum(w.records for w in db.windows("10m") if w.window_start < T0_S + 3600)
+    servers = db.sla("1h", T0_S, "server")
+    assert len(servers) == 32
+    assert all(r.coverage == 1.0 for r in servers)
+    assert db.windows("1d") == []  # the day is not over
+    stats = runner.statistics()
+    assert (stats.hour_runs_total, stats.day_runs_total) == (1, 0)
+    # Much later, the day rolls up from its hours.
+    clock.advance(86400)
+    for _ in range(30):
+        await runner.run_once(clock.now_s())
+        clock.advance(10)
+    day = T0_S - T0_S % 86400
+    assert [w.window_start for w in db.windows("1d")] == [day]
+    assert db.windows("1d")[0].records == hour.records
+
+
+async def test_retention_drops_what_is_old_and_nothing_newer(tmp_path: Path, db: ResultsDB) -> None:
+
+    raw = RawStore(tmp_path / "raw3")
+    day_s = 86400
+    for days_ago in (9, 8, 2):
+        raw.write(table([probe(T0_S - days_ago * day_s + s, "a1", "b1") for s in range(5)]))
+    config = AnalysisConfig(
+        fast_window_s=30,
+        fast_every_s=10,
+        lag_s=10,
+        retention=RetentionConfig(raw_days=7, rollup_days=60, fast_results_hours=1),
+    )
+    clock = FakeClock(T0_S + 15)
+    runner = full_runner(raw, db, tmp_path, clock, config=config)
+    old_fast = T0_S - 7200
+    db.write_window(
+        WindowRow(
+            window="30s",
+            window_start=old_fast,
+            window_end=old_fast + 30,
+            records=0,
+            computed_at_s=old_fast,
+        ),
+        [],
+        [],
+    )
+    await runner.run_once(clock.now_s())
+    kept = [p.hour_start_s for p in raw.partitions()]
+    assert kept == [T0_S - 2 * day_s]
+    assert db.window_at("30s", old_fast + 1) is None
+    stats = runner.statistics()
+    assert (stats.retention_runs_total, stats.retention_raw_partitions_dropped_total) == (1, 2)
+    assert stats.retention_result_rows_deleted_total >= 1
+    # Not again until ``every_s`` has passed.
+    clock.advance(60)
+    await runner.run_once(clock.now_s())
+    assert runner.statistics().retention_runs_total == 1
+
+
+async def test_the_runner_opens_and_closes_incidents(tmp_path: Path, db: ResultsDB) -> None:
+
+    hole = BlackHole(device="tor:dc1-ps2-t2", share=0.3, start_s=T0_S + 60, end_s=T0_S + 120)
+    raw = write_in_flushes(tmp_path / "raw4", synthetic_rows(T0_S, T0_S + 300, [hole]))
+    for name in SERVERS:  # every agent uploads (it is not down)
+        db.record_agent_seen(name, "198.18.0.1", now_s=T0_S + 100, uploaded=True)
+    clock = FakeClock(T0_S + 40)
+    runner = full_runner(raw, db, tmp_path, clock)
+    while clock.now_s() < T0_S + 200:
+        if clock.now_s() > T0_S + 120:
+            for name in SERVERS:
+                db.record_agent_seen(name, "198.18.0.1", now_s=clock.now_s(), uploaded=True)
+        await runner.run_once(clock.now_s())
+        clock.advance(10)
+    incidents = IncidentStore(db.database).list()
+    assert [(i.kind, i.scope, i.entity) for i in incidents] == [("black_hole", "tor", "dc1-ps2-t2")]
+    assert incidents[0].ended_at_s is not None
+    detection = runner.detection_statistics()
+    assert detection is not None
+    assert (detection.incidents_opened_total, detection.incidents_closed_total) == (1, 1)
+    assert runner.fast_path_statistics().slices_total >= 15

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import defaultdict
 from collections.abc import Hashable
+from fractions import Fraction
 from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pingmesh.core.schedule import ProbeSchedule, TokenBucket
+from pingmesh.core.schedule import (
+    PerSourceLimiter,
+    ProbeSchedule,
+    TokenBucket,
+    source_ports_for_paths,
+)
 
 K = TypeVar("K", bound=Hashable)
 
@@ -232,3 +239,67 @@ def test_token_bucket_refuses_bad_parameters() -> None:
         TokenBucket(rate_per_s=float("nan"))
     with pytest.raises(ValueError, match="burst"):
         TokenBucket(rate_per_s=1, burst=0)
+
+
+def _coverage_exact(paths: int, flows: int) -> Fraction:
+    """P(all paths covered) by inclusion-exclusion in exact arithmetic (R-Pingmesh Eq. 1)."""
+    return sum(
+        (Fraction((-1) ** i * math.comb(paths, i)) * Fraction(paths - i, paths) ** flows)
+        for i in range(paths + 1)
+    )
+
+
+def test_source_ports_match_the_published_coupon_collector_answers() -> None:
+    assert source_ports_for_paths(16, 0.99) == 115  # reference §6.1 item 3
+    assert source_ports_for_paths(64, 0.99) == 557
+    assert source_ports_for_paths(1, 0.99) == 1
+
+
+@given(st.integers(min_value=2, max_value=12), st.floats(min_value=0.05, max_value=0.999))
+def test_source_ports_are_the_smallest_count_that_covers_every_path(
+    paths: int, probability: float
+) -> None:
+    flows = source_ports_for_paths(paths, probability)
+    assert _coverage_exact(paths, flows) >= Fraction(probability) * (1 - Fraction(1, 10**9))
+    assert _coverage_exact(paths, flows - 1) < Fraction(probability) * (1 + Fraction(1, 10**9))
+
+
+def test_source_ports_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="paths"):
+        source_ports_for_paths(0, 0.9)
+    with pytest.raises(ValueError, match="probability"):
+        source_ports_for_paths(4, 1.0)
+
+
+def test_per_source_limiter_caps_each_source_on_its_own() -> None:
+    limiter = PerSourceLimiter[str](rate_per_s=10, burst=2, max_sources=8)
+    now = 0
+    granted = {s: sum(limiter.try_acquire(s, now) for _ in range(5)) for s in ("a", "b")}
+    assert granted == {"a": 2, "b": 2}  # each its own burst
+    now += 100_000_000  # 0.1 s: one more token each
+    assert limiter.try_acquire("a", now)
+    assert not limiter.try_acquire("a", now)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=500))
+def test_per_source_limiter_memory_is_bounded(sources: list[int]) -> None:
+    limiter = PerSourceLimiter[int](rate_per_s=1, burst=1, max_sources=16)
+    for now, source in enumerate(sources):
+        limiter.try_acquire(source, now)
+        assert len(limiter) <= 16
+
+
+def test_lateness_within_the_callers_slack_earns_no_spread() -> None:
+    schedule: ProbeSchedule[str] = ProbeSchedule(rng=random.Random(1))
+    schedule.replace({"a": 1_000}, 0)
+    first = schedule.next_due_ns()
+    assert first is not None
+    # Woken 50 ns late with a 100 ns slack: exactly one interval after the probe.
+    assert schedule.due(first + 50, slack_ns=100) == ["a"]
+    assert schedule.next_due_ns() == first + 50 + 1_000
+    # 400 ns late with the same slack: up to 300 ns of spread, never less than the interval.
+    second = first + 50 + 1_000
+    assert schedule.due(second + 400, slack_ns=100) == ["a"]
+    nxt = schedule.next_due_ns()
+    assert nxt is not None
+    assert second + 400 + 1_000 <= nxt < second + 400 + 1_000 + 300

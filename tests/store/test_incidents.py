@@ -13,8 +13,8 @@ KINDS = {"black_hole", "host_down"}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> IncidentStore:
-    return IncidentStore(ResultsDB(tmp_path / "r.sqlite").database)
+def store(db_target: Path | str) -> IncidentStore:
+    return IncidentStore(ResultsDB(db_target).database)
 
 
 def _hole(tor: str, pairs: int = 1) -> Detection:

@@ -20,7 +20,8 @@ HOUR_START_S = 1_800_000_000 - 1_800_000_000 % 3600
 
 
 def row(at_s: float, **overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
+    values: dict[str, Any] = dict.fromkeys(RAW_SCHEMA.names)  # newer columns are nullable
+    values |= {
         "time": datetime.fromtimestamp(at_s, tz=UTC),
         "batch_id": "batch-0001",
         "agent": "h11",

@@ -34,15 +34,15 @@ def _sla(start: int, entity: str, probes: int) -> SlaRow:
     )
 
 
-def test_rewriting_a_window_replaces_it_whole(tmp_path: Path) -> None:
-    db = ResultsDB(tmp_path / "r.sqlite")
+def test_rewriting_a_window_replaces_it_whole(db_target: Path | str) -> None:
+    db = ResultsDB(db_target)
     db.write_window(_window(0), [_sla(0, "t1", 5), _sla(0, "t2", 5)], [])
     db.write_window(_window(0), [_sla(0, "t1", 7)], [])
     assert [(r.entity, r.probes) for r in db.sla("30s", 0, "tor")] == [("t1", 7)]
 
 
-def test_window_at_finds_the_window_containing_an_instant(tmp_path: Path) -> None:
-    db = ResultsDB(tmp_path / "r.sqlite")
+def test_window_at_finds_the_window_containing_an_instant(db_target: Path | str) -> None:
+    db = ResultsDB(db_target)
     for start in (0, 30, 60):
         db.write_window(_window(start), [], [])
     found = db.window_at("30s", 45.0)
@@ -52,8 +52,8 @@ def test_window_at_finds_the_window_containing_an_instant(tmp_path: Path) -> Non
     assert db.window_at("10m", 45.0) is None
 
 
-def test_agents_seen_keeps_first_seen_and_merges_fetch_and_upload(tmp_path: Path) -> None:
-    db = ResultsDB(tmp_path / "r.sqlite")
+def test_agents_seen_keeps_first_seen_and_merges_fetch_and_upload(db_target: Path | str) -> None:
+    db = ResultsDB(db_target)
     db.record_agent_seen("h1", "127.0.0.2", now_s=10.0, fetched=True, pinglist_version="v1")
     db.record_agent_seen("h1", "127.0.0.2", now_s=20.0, uploaded=True)
     (agent,) = db.agents()
@@ -62,8 +62,8 @@ def test_agents_seen_keeps_first_seen_and_merges_fetch_and_upload(tmp_path: Path
     assert agent.pinglist_version == "v1"
 
 
-def test_data_survives_reopening_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "r.sqlite"
+def test_data_survives_reopening_and_a_newer_schema_is_refused(db_target: Path | str) -> None:
+    path = db_target
     db = ResultsDB(path)
     db.write_window(_window(0), [_sla(0, "t1", 5)], [])
     db.close()
@@ -77,8 +77,8 @@ def test_data_survives_reopening_and_a_newer_schema_is_refused(tmp_path: Path) -
         ResultsDB(path)
 
 
-def test_migrations_are_applied_once(tmp_path: Path) -> None:
-    path = tmp_path / "r.sqlite"
+def test_migrations_are_applied_once(db_target: Path | str) -> None:
+    path = db_target
     ResultsDB(path).close()
     again = ResultsDB(path)
     versions = again.database.query("SELECT version FROM schema_migrations ORDER BY version")

@@ -262,7 +262,6 @@ def test_sla_at_outside_every_window_is_empty_with_a_note(
 @pytest.mark.parametrize(
     ("params", "status", "words"),
     [
-        ({"scope": "service"}, 400, ["'service'", "not built yet", "server, tor, podset, dc"]),
         ({"scope": "tor", "window": "1h"}, 400, ["'window'", "'1h'", "not built yet", "30s, 10m"]),
         ({"scope": "tor", "window": "1d"}, 400, ["'1d'", "not built yet"]),
         ({"scope": "rack"}, 422, ["query parameter 'scope'", "'rack'"]),
@@ -436,7 +435,7 @@ def test_heatmap_over_the_cell_limit_is_refused_and_counted(
         )
         assert client.get("/api/v1/heatmap", params={"level": "tor", "dc": "dc1"}).is_success
         client.get("/api/v1/agents")
-        client.get("/api/v1/sla", params={"scope": "service"})
+        client.get("/api/v1/sla", params={"scope": "tor", "window": "1h"})
     stats = api.statistics()
     assert stats.heatmap_requests_total == 2
     assert stats.heatmap_over_limit_total == 1
@@ -473,3 +472,29 @@ def test_time_helpers() -> None:
     assert parse_rfc3339("at", "2027-01-15T09:00:00+01:00").timestamp() == 1_800_000_000
     with pytest.raises(ValueError, match="query parameter 'at'"):
         parse_rfc3339("at", "2027-01-15")
+
+
+def test_service_slas_and_rollup_windows_are_served_once_the_analysis_writes_them(
+    client: TestClient, db: ResultsDB
+) -> None:
+    write_small_windows(db)
+    empty = client.get("/api/v1/sla", params={"scope": "service"}).json()
+    assert empty["rows"] == []
+    assert empty["note"] == "the 10m window has no service rows"
+    start = int(NOW_S) - 7200
+    db.write_window(
+        window("1h", start, 3600, computed_at_s=start + 3700),
+        [sla_row("1h", start, "service", "search", 5000, p99_us=1800.0)],
+        [matrix_row("1h", start, "tor", "t1", "t2", 900, p99_us=2100.0)],
+    )
+    rows = client.get("/api/v1/sla", params={"scope": "service", "window": "1h"}).json()["rows"]
+    assert [(r["entity"], r["p99_us"]) for r in rows] == [("search", 1800.0)]
+    kinds = client.get("/api/v1/windows").json()
+    assert [k["name"] for k in kinds["kinds"]] == ["30s", "10m", "1h"]
+    assert kinds["not_built"] == ["1d"]
+    heat = client.get("/api/v1/heatmap", params={"window": "1h", "format": "columns"}).json()
+    assert "cells" not in heat
+    n = len(heat["entities"])
+    k = heat["entities"].index("t1") * n + heat["entities"].index("t2")
+    assert (heat["values"][k], heat["probes"][k]) == (2100.0, 900)
+    assert sum(heat["probes"]) == 900

@@ -26,8 +26,7 @@ from pingmesh.config import ServerConfig
 from pingmesh.controller.topology_source import TopologySource
 from pingmesh.core.topology import Topology
 from pingmesh.store.results import MatrixRow, ResultsDB
-from pingmesh.web.api import router
-from pingmesh.web.app import create_app
+from tests.web.apps import full_app
 from tests.web.fleet import grid_topology, matrix_row, sla_row, window
 
 pytestmark = pytest.mark.browser
@@ -170,7 +169,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Expe
     now_s = float(int(time.time()))
     db = ResultsDB(tmp_path_factory.mktemp("web") / "results.sqlite")
     expected = _fill(db, topology, now_s)
-    app = create_app([router(db, TopologySource(topology), ServerConfig(), clock=FakeClock(now_s))])
+    app = full_app(db, TopologySource(topology), ServerConfig(), clock=FakeClock(now_s)).app
     with _Server(app) as url:
         yield url, expected
     db.close()

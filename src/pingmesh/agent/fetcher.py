@@ -15,16 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import httpx
 from pydantic import ValidationError
 
+from pingmesh.agent.http_client import HttpClient
 from pingmesh.agent.pinglist_policy import (
     FetchOutcome,
     FetchResult,
     PinglistState,
     next_state,
 )
-from pingmesh.wire.pinglist import PinglistModel
+from pingmesh.errors import ControllerError
+from pingmesh.wire.pinglist import parse_plan
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PinglistFetcher:
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         controller: str,
         name: str,
         refresh_s: float,
@@ -106,17 +107,18 @@ class PinglistFetcher:
         if self._state.etag is not None:
             headers["If-None-Match"] = self._state.etag
         try:
-            async with self._client.stream(
-                "GET", self.url, headers=headers, timeout=self._timeout_s
-            ) as response:
-                status = response.status_code
-                etag = response.headers.get("etag")
-                limit = MAX_PINGLIST_BYTES if status == 200 else 1024
-                body = await _read_at_most(response, limit)
-        except httpx.HTTPError as exc:
-            return FetchOutcome(
-                result=FetchResult.FAILED, detail=f"{type(exc).__name__}: {exc}"[:200]
+            response = await self._client.request(
+                "GET",
+                self.url,
+                headers=headers,
+                timeout_s=self._timeout_s,
+                max_body_bytes=MAX_PINGLIST_BYTES,
             )
+        except ControllerError as exc:
+            return FetchOutcome(result=FetchResult.FAILED, detail=str(exc)[:200])
+        status = response.status
+        etag = response.headers.get("etag")
+        body = response.body
         if status == 304:
             return FetchOutcome(result=FetchResult.NOT_MODIFIED)
         if status == 404:
@@ -129,7 +131,7 @@ class PinglistFetcher:
                 detail=f"pinglist larger than {MAX_PINGLIST_BYTES} bytes",
             )
         try:
-            pinglist = PinglistModel.model_validate_json(body)
+            pinglist = parse_plan(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "(document)"
@@ -161,7 +163,9 @@ class PinglistFetcher:
             if new.probing:
                 assert new.pinglist is not None
                 logger.info(
-                    "pinglist %s in force: %d peers", new.pinglist.version, len(new.pinglist.peers)
+                    "pinglist %s in force: %d peers",
+                    new.pinglist.version,
+                    len(new.pinglist.targets),
                 )
             else:
                 logger.warning("not probing: %s", new.reason)
@@ -179,19 +183,9 @@ class PinglistFetcher:
             consecutive_failures=state.consecutive_failures,
             probing=state.probing,
             pinglist_version=state.pinglist.version if state.pinglist is not None else None,
-            peers=len(state.pinglist.peers) if state.pinglist is not None else 0,
+            peers=len(state.pinglist.targets) if state.pinglist is not None else 0,
             reason=state.reason,
         )
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or ``None`` if it is longer than ``limit`` (read no further: bounded memory)."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def _short(body: bytes | None) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from pingmesh.wire.pinglist import PinglistModel
+from pingmesh.core.probe import ProbePlan
 
 
 class FetchResult(enum.StrEnum):
@@ -44,7 +44,7 @@ class FetchOutcome:
     """One fetch: ``pinglist``/``etag`` with ``OK``, ``detail`` saying why otherwise."""
 
     result: FetchResult
-    pinglist: PinglistModel | None = None
+    pinglist: ProbePlan | None = None
     etag: str | None = None
     detail: str = ""
 
@@ -57,7 +57,7 @@ class FetchOutcome:
 class PinglistState:
     """What the agent holds: the pinglist in force, its ETag, and why it is not probing."""
 
-    pinglist: PinglistModel | None = None
+    pinglist: ProbePlan | None = None
     etag: str | None = None
     consecutive_failures: int = 0
     reason: str = "no pinglist yet"  # why probing is off; "" while probing
@@ -69,7 +69,7 @@ class PinglistState:
     @property
     def probing(self) -> bool:
         """True when there is a pinglist with peers in force."""
-        return self.pinglist is not None and len(self.pinglist.peers) > 0
+        return self.pinglist is not None and len(self.pinglist.targets) > 0
 
 
 def next_state(
@@ -84,7 +84,7 @@ def next_state(
             return PinglistState(
                 pinglist=outcome.pinglist,
                 etag=outcome.etag,
-                reason="" if outcome.pinglist.peers else "empty pinglist: only answering",
+                reason="" if outcome.pinglist.targets else "empty pinglist: only answering",
             )
         case FetchResult.NOT_MODIFIED:
             if state.pinglist is None:

@@ -1,18 +1,34 @@
 """The TCP responder: what other agents' probes connect to (PM §3.4.1: every agent is a server).
 
-A connect probe needs only the kernel's SYN-ACK; payload probes (later) need the echo. The
-responder accepts, echoes whatever it receives and closes on EOF, and is bounded in every
-direction, because it faces the whole fleet:
+Theory of operation
+-------------------
+**Connect probes cost nothing here.** A TCP connect probe needs only the kernel's SYN-ACK;
+the prober then resets the connection. The listening socket sets ``TCP_DEFER_ACCEPT``, so the
+kernel hands us a connection only once data arrives: connect probes complete their handshake
+and vanish without ever waking the agent (at 250 probes a second from the fleet that is a
+quarter of a thousand accepts saved every second). Echo probes send their request at once
+and are accepted as usual.
 
-- at most ``max_connections`` at once; an excess connection is reset at once (``SO_LINGER`` 0)
-  and counted, so a storm of probers cannot make the agent hold more;
-- per connection, at most ``max_buffer_bytes`` of echo waiting to be sent: beyond that the
-  responder stops reading (asyncio flow control) and TCP pushes back on the sender, so a peer
-  that sends without reading cannot grow our memory;
-- a connection idle for ``idle_timeout_s`` is closed, so idle peers cannot hold the slots.
+**Echo.** A connection whose first four bytes are ``PMT1`` speaks the framed echo of
+:mod:`pingmesh.agent.echo_wire`: the body is streamed back as it arrives, then an 8-byte trailer
+carries the *dwell*, from the kernel's receive timestamp of the request's last byte
+(``SO_TIMESTAMPNS`` via ``recvmsg``) to the moment the trailer is queued, so time spent waiting
+for our event loop is reported rather than hidden in the prober's RTT. Anything else gets a
+plain echo (handy with ``nc``).
 
-It is built on :class:`asyncio.Protocol` callbacks rather than a task per connection: a
-connection costs a transport and a small object, nothing else.
+**Bounded in every direction**, because it faces the whole fleet:
+
+- at most ``max_connections`` at once and ``max_per_source`` from one source address; an
+  excess connection is reset at once (``SO_LINGER`` 0) and counted;
+- per connection at most ``max_buffer_bytes`` of echo waiting to be sent: beyond that the
+  responder stops reading, and TCP flow control pushes back on a sender that does not read;
+- a connection idle for ``idle_timeout_s`` is reset;
+- one wake-up accepts or reads a bounded number of times, so a flood cannot starve the rest
+  of the agent.
+
+It is written on the event loop's readiness callbacks and plain non-blocking sockets rather
+than asyncio transports, because transports do not expose ``recvmsg``'s timestamps; a
+connection costs one small object and no task.
 """
 
 from __future__ import annotations
@@ -21,12 +37,27 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
+import time
 from dataclasses import dataclass
+
+from pingmesh.agent.echo_wire import (
+    TCP_HEADER_BYTES,
+    TCP_MAGIC,
+    TCP_TRAILER,
+    parse_tcp_header,
+)
+from pingmesh.agent.probers.kernel import (
+    ANCILLARY_BYTES,
+    LINGER_RST,
+    enable_rx_timestamps,
+    rx_timestamp_ns,
+)
 
 logger = logging.getLogger(__name__)
 
-_LINGER_RST = struct.pack("ii", 1, 0)
+_READ_BYTES = 65536
+_MAX_READS_PER_WAKEUP = 16
+_MAX_ACCEPTS_PER_WAKEUP = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,85 +67,224 @@ class ResponderStatistics:
     open_connections: int
     accepted: int
     rejected: int  # over the connection cap, reset at once
+    rejected_per_source: int  # over the per-source cap, reset at once
     idle_closed: int
     echoed_bytes: int
+    frames: int  # framed echo requests answered
+    bad_frames: int  # framed requests with a bad header, reset
 
 
-class _EchoProtocol(asyncio.Protocol):
-    def __init__(self, responder: Responder) -> None:
+class _Connection:
+    __slots__ = (
+        "_eof",
+        "_fd",
+        "_header",
+        "_idle",
+        "_last_activity",
+        "_loop",
+        "_mode",
+        "_out",
+        "_reading",
+        "_remaining",
+        "_responder",
+        "_sock",
+        "_writing",
+        "source",
+    )
+
+    def __init__(
+        self,
+        responder: Responder,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        source: str,
+    ) -> None:
         self._responder = responder
-        self._transport: asyncio.Transport | None = None
-        self._counted = False
-        self._idle: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        if not self._responder._admit(self):
-            _reset(transport)
-            return
-        self._counted = True
-        transport.set_write_buffer_limits(high=self._responder.max_buffer_bytes)
-        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self.source = source
+        self._mode = ""  # "" undecided, "plain", "framed"
+        self._header = bytearray()  # the start of the stream, or of the next frame header
+        self._remaining = 0  # body bytes still expected in the current frame
+        self._out = bytearray()
+        self._eof = False
+        self._reading = False
+        self._writing = False
         self._last_activity = loop.time()
-        self._idle = loop.call_later(self._responder.idle_timeout_s, self._check_idle)
+        self._idle: asyncio.TimerHandle | None = loop.call_later(
+            responder.idle_timeout_s, self._check_idle
+        )
 
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or not self._counted:
+    def start(self) -> None:
+        self._reading = True
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
             return
-        self._last_activity = asyncio.get_running_loop().time()
+        for _ in range(_MAX_READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, _ = sock.recvmsg(_READ_BYTES, ANCILLARY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close(reset=True)
+                return
+            if not data:
+                self._on_eof()
+                return
+            self._last_activity = self._loop.time()
+            stamp_ns = rx_timestamp_ns(ancillary) or time.time_ns()
+            self._process(data, stamp_ns)
+            if self._sock is None:
+                return
+            if len(self._out) > self._responder.max_buffer_bytes:
+                self._pause_reading()
+                return
+
+    def _process(self, data: bytes, stamp_ns: int) -> None:
+        if self._mode == "":
+            self._header += data
+            if len(self._header) < len(TCP_MAGIC) and TCP_MAGIC.startswith(self._header):
+                return  # could still be a frame: wait for the rest of the magic
+            data, self._header = bytes(self._header), bytearray()
+            self._mode = "framed" if data.startswith(TCP_MAGIC) else "plain"
+        if self._mode == "plain":
+            self._write(data)
+            return
+        view = memoryview(data)
+        while view:
+            if self._remaining == 0:
+                need = TCP_HEADER_BYTES - len(self._header)
+                self._header += view[:need]
+                view = view[need:]
+                if len(self._header) < TCP_HEADER_BYTES:
+                    return
+                parsed = parse_tcp_header(bytes(self._header))
+                if parsed is None:
+                    self._responder._bad_frames += 1
+                    self.close(reset=True)
+                    return
+                size, _ = parsed
+                self._write(bytes(self._header))
+                self._header.clear()
+                self._remaining = size - TCP_HEADER_BYTES
+                if self._remaining == 0:
+                    self._end_frame(stamp_ns)
+                continue
+            take = min(self._remaining, len(view))
+            self._write(view[:take])
+            self._remaining -= take
+            view = view[take:]
+            if self._remaining == 0:
+                self._end_frame(stamp_ns)
+
+    def _end_frame(self, stamp_ns: int) -> None:
+        self._write(TCP_TRAILER.pack(max(0, time.time_ns() - stamp_ns)))
+        self._responder._frames += 1
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._stop_reading()
+        if self._mode == "" and self._header:
+            self._write(bytes(self._header))  # fewer bytes than a magic: plain echo
+            self._header.clear()
+        if not self._out:
+            self.close(reset=False)
+
+    def _pause_reading(self) -> None:
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes | memoryview) -> None:
+        sock = self._sock
+        if sock is None or not data:
+            return
         self._responder._echoed_bytes += len(data)
-        transport.write(data)
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close(reset=True)
+            return
+        if sent < len(data):
+            self._out += data[sent:]
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self._fd, self._on_writable)
 
-    def eof_received(self) -> bool:
-        return False  # close once the echo has been flushed
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(reset=True)
+            return
+        del self._out[:sent]
+        self._last_activity = self._loop.time()
+        if self._out:
+            return
+        self._writing = False
+        self._loop.remove_writer(self._fd)
+        if self._eof:
+            self.close(reset=False)
+        elif not self._reading:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
 
-    def pause_writing(self) -> None:
-        # The peer is not reading its echo: stop reading, so TCP flow control holds it back.
-        if self._transport is not None:
-            self._transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self._counted:
-            self._counted = False
-            self._responder._release(self)
-        self._transport = None
+    # -- closing ----------------------------------------------------------------------------
 
     def _check_idle(self) -> None:
         self._idle = None
-        transport = self._transport
-        if transport is None:
+        if self._sock is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = self._last_activity + self._responder.idle_timeout_s
         if loop.time() < deadline:
             # Re-arm instead of resetting a timer on every read: one timer per idle period.
             self._idle = loop.call_at(deadline, self._check_idle)
             return
         self._responder._idle_closed += 1
-        _reset(transport)
+        self.close(reset=True)
 
-    def abort(self) -> None:
-        if self._transport is not None:
-            _reset(self._transport)
-
-
-def _reset(transport: asyncio.Transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Already gone is fine: abort() below still releases it.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    transport.abort()
+    def close(self, *, reset: bool) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        loop = self._loop
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if not loop.is_closed():
+            if self._reading:
+                loop.remove_reader(self._fd)
+            if self._writing:
+                loop.remove_writer(self._fd)
+        self._reading = self._writing = False
+        self._out.clear()
+        if reset:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        sock.close()
+        self._responder._release(self)
 
 
 class Responder:
@@ -126,12 +296,16 @@ class Responder:
         bind: str,
         port: int,
         max_connections: int,
+        max_per_source: int = 64,
         max_buffer_bytes: int = 64 * 1024,
         idle_timeout_s: float = 60.0,
         backlog: int = 1024,
+        defer_accept_s: int = 5,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections: {max_connections} is not >= 1")
+        if max_per_source < 1:
+            raise ValueError(f"max_per_source: {max_per_source} is not >= 1")
         if max_buffer_bytes < 1:
             raise ValueError(f"max_buffer_bytes: {max_buffer_bytes} is not >= 1")
         if not idle_timeout_s > 0:
@@ -139,35 +313,52 @@ class Responder:
         self.bind = bind
         self.port = port
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
         self.max_buffer_bytes = max_buffer_bytes
         self.idle_timeout_s = idle_timeout_s
         self._backlog = backlog
-        self._server: asyncio.Server | None = None
-        self._connections: set[_EchoProtocol] = set()
+        self._defer_accept_s = defer_accept_s
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections: set[_Connection] = set()
+        self._per_source: dict[str, int] = {}
         self._accepted = 0
         self._rejected = 0
+        self._rejected_per_source = 0
         self._idle_closed = 0
         self._echoed_bytes = 0
+        self._frames = 0
+        self._bad_frames = 0
 
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the port is known after :meth:`start`)."""
-        if self._server is None:
+        if self._sock is None:
             raise RuntimeError("the responder is not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._sock.getsockname()[:2]
         return host, port
 
     async def start(self) -> tuple[str, int]:
         """Listen; ``OSError`` (e.g. ``EADDRINUSE``) propagates to the caller."""
-        if self._server is None:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _EchoProtocol(self),
-                self.bind,
-                self.port,
-                backlog=self._backlog,
-                reuse_address=True,
-            )
+        if self._sock is None:
+            family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(0.0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self._defer_accept_s > 0:
+                    sock.setsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, self._defer_accept_s
+                    )
+                enable_rx_timestamps(sock)
+                sock.bind((self.bind, self.port))
+                sock.listen(self._backlog)
+            except BaseException:
+                sock.close()
+                raise
+            self._sock = sock
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(sock.fileno(), self._on_acceptable)
             logger.info("responder listening on %s:%d", *self.address)
         return self.address
 
@@ -175,20 +366,19 @@ class Responder:
         """Listen (if not yet) and answer until cancelled; then close everything."""
         try:
             await self.start()
-            assert self._server is not None
-            await self._server.serve_forever()
+            await asyncio.Event().wait()
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
         """Stop listening and reset every open connection."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
         for conn in list(self._connections):
-            conn.abort()
-        if server is not None:
-            await server.wait_closed()
+            conn.close(reset=True)
 
     def statistics(self) -> ResponderStatistics:
         """A snapshot of the counters."""
@@ -196,17 +386,57 @@ class Responder:
             open_connections=len(self._connections),
             accepted=self._accepted,
             rejected=self._rejected,
+            rejected_per_source=self._rejected_per_source,
             idle_closed=self._idle_closed,
             echoed_bytes=self._echoed_bytes,
+            frames=self._frames,
+            bad_frames=self._bad_frames,
         )
 
-    def _admit(self, conn: _EchoProtocol) -> bool:
-        if len(self._connections) >= self.max_connections:
-            self._rejected += 1
-            return False
-        self._accepted += 1
-        self._connections.add(conn)
-        return True
+    def _on_acceptable(self) -> None:
+        listener, loop = self._sock, self._loop
+        if listener is None or loop is None:
+            return
+        for _ in range(_MAX_ACCEPTS_PER_WAKEUP):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS…: try again at the next wake-up
+                logger.warning("responder: accept failed: %s", exc)
+                return
+            source = str(address[0])
+            if len(self._connections) >= self.max_connections:
+                self._rejected += 1
+                _reset(sock)
+                continue
+            if self._per_source.get(source, 0) >= self.max_per_source:
+                self._rejected_per_source += 1
+                _reset(sock)
+                continue
+            try:
+                sock.settimeout(0.0)
+                enable_rx_timestamps(sock)
+            except OSError:
+                sock.close()
+                continue
+            conn = _Connection(self, loop, sock, source)
+            self._accepted += 1
+            self._connections.add(conn)
+            self._per_source[source] = self._per_source.get(source, 0) + 1
+            conn.start()
 
-    def _release(self, conn: _EchoProtocol) -> None:
-        self._connections.discard(conn)
+    def _release(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            left = self._per_source.get(conn.source, 1) - 1
+            if left > 0:
+                self._per_source[conn.source] = left
+            else:
+                self._per_source.pop(conn.source, None)
+
+
+def _reset(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    sock.close()

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
     server.add_argument("--data", type=Path, metavar="DIR", help="data directory")
     server.add_argument("--topology", type=Path, metavar="FILE", help="topology (YAML or CSV)")
+    server.add_argument(
+        "--db", metavar="URL", help="results DB: postgresql://… (default: SQLite in --data)"
+    )
+    server.add_argument(
+        "--quic-listen", metavar="HOST:PORT", help="accept agents' uploads over QUIC (UDP)"
+    )
     server.add_argument("--version", action="version", version=f"pingmesh {__version__}")
 
     agent = commands.add_parser("agent", help="probe peers, answer probes, upload results")
@@ -58,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--bind", metavar="ADDR", help="address to probe from and answer on")
     agent.add_argument("--results", metavar="FILE|-", help="also write every probe as a JSON line")
     agent.add_argument("--config", type=Path, help="YAML config file (section 'agent')")
+    agent.add_argument(
+        "--spool", type=Path, metavar="DIR", help="keep result batches on disk until uploaded"
+    )
+    agent.add_argument(
+        "--max-probe-rate", type=float, metavar="N", help="probes per second, all peers"
+    )
+    agent.add_argument("--quic", metavar="HOST:PORT", help="upload over QUIC to this server")
+    agent.add_argument("--ca-file", type=Path, metavar="FILE", help="CA that signed the server")
+    agent.add_argument("--token-file", type=Path, metavar="FILE", help="this agent's token")
+    agent.add_argument("--alias", help="a label for people (default: --name)")
     agent.add_argument("--version", action="version", version=f"pingmesh {__version__}")
 
     demo = commands.add_parser("demo", help="a whole fleet on loopback, with the dashboard")
@@ -76,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     pinglist.add_argument("--server", metavar="NAME", required=True, help="name or address")
     pinglist.add_argument("--config", type=Path, help="YAML config file (section 'server')")
     pinglist.add_argument("--version", action="version", version=f"pingmesh {__version__}")
+
+    from pingmesh.lab.console import add_lab_parser  # argparse only; the lab loads on use
+
+    add_lab_parser(commands, version=__version__)
     return parser
 
 
@@ -87,11 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # aioquic logs every handshake and close at INFO: one line per agent per reconnect.
+    logging.getLogger("quic").setLevel(max(logging.WARNING, logging.getLogger().level))
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "server": _server,
         "agent": _agent,
         "demo": _demo,
         "pinglist": _pinglist,
+        "lab": _lab,
     }
     try:
         return handlers[args.command](args)
@@ -134,7 +157,13 @@ def _server(args: argparse.Namespace) -> int:
         ServerConfig,
         args.config,
         "server",
-        {"listen": args.listen, "data_dir": args.data, "topology": args.topology},
+        {
+            "listen": args.listen,
+            "data_dir": args.data,
+            "topology": args.topology,
+            "db": args.db,
+            "quic_listen": args.quic_listen,
+        },
     )
     server = PingmeshServer.from_config(config)
     server.bind()
@@ -157,8 +186,29 @@ def _agent(args: argparse.Namespace) -> int:
             "name": args.name,
             "bind": args.bind,
             "results_file": args.results,
+            "spool_dir": args.spool,
+            "max_probe_rate": args.max_probe_rate,
         },
     )
+    transport = {
+        "quic": args.quic,
+        "ca_file": args.ca_file,
+        "token_file": args.token_file,
+        "alias": args.alias,
+    }
+    if any(v is not None for v in transport.values()):
+        config = build_config(
+            AgentConfig,
+            args.config,
+            "agent",
+            {
+                **config.model_dump(exclude_unset=True),
+                "transport": {
+                    **config.transport.model_dump(exclude_unset=True),
+                    **{k: v for k, v in transport.items() if v is not None},
+                },
+            },
+        )
     if config.controller is None and config.pinglist_file is None:
         raise InputError("agent needs --controller URL or --pinglist FILE")
     if config.controller is not None and config.pinglist_file is not None:
@@ -190,3 +240,9 @@ def _pinglist(args: argparse.Namespace) -> int:
     service = PinglistService(TopologySource.from_file(args.topology), config.pinglist)
     print(service.pinglist(args.server).model_dump_json(indent=2))
     return EXIT_OK
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from pingmesh.lab.console import run_lab
+
+    return run_lab(args, announce=_announce)

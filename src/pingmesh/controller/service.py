@@ -8,16 +8,18 @@ topology, dropped as soon as the topology's digest changes, and bounded in size.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from pingmesh.config import PinglistConfig
+from pingmesh.config import PinglistConfig, ProbeSpecConfig
 from pingmesh.controller.topology_source import TopologySource
 from pingmesh.core.pinglist import Pinglist, find_server, generate_pinglist, pinglist_version
+from pingmesh.core.probe import ProbeKind
 from pingmesh.errors import UnknownServerError
-from pingmesh.wire.pinglist import PeerModel, PinglistModel
+from pingmesh.wire.pinglist import DEFAULT_PORTS, PeerModel, PinglistModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,10 +59,24 @@ class _Entry:
     body: bytes
 
 
-def to_wire(pinglist: Pinglist) -> PinglistModel:
-    """The wire model of a core pinglist; its ``version`` is :func:`pinglist_version`."""
+def to_wire(
+    pinglist: Pinglist, probes: Sequence[ProbeSpecConfig] = (ProbeSpecConfig(),)
+) -> PinglistModel:
+    """The wire model of a core pinglist, each peer expanded into one entry per probe spec.
+
+    With the default spec (TCP connect only) every peer stays one entry and ``version`` is
+    :func:`pinglist_version`; other specs are folded into the version (a digest of both), so
+    that changing how peers are probed changes the ``ETag`` too.
+    """
+    specs = tuple(probes) or (ProbeSpecConfig(),)
+    version = pinglist_version(pinglist)
+    if specs != (ProbeSpecConfig(),):
+        digest = hashlib.sha256(version.encode())
+        for spec in specs:
+            digest.update(spec.model_dump_json().encode())
+        version = digest.hexdigest()[: max(len(version), 16)]
     return PinglistModel(
-        version=pinglist_version(pinglist),
+        version=version,
         server=pinglist.server,
         address=pinglist.address,
         timeout_s=pinglist.timeout_s,
@@ -68,16 +84,28 @@ def to_wire(pinglist: Pinglist) -> PinglistModel:
             PeerModel(
                 name=p.name,
                 address=p.address,
-                port=p.port,
-                kind=p.kind,
+                port=_spec_port(spec, p.port),
+                kind=spec.kind,
                 scope=p.scope,
-                interval_s=p.interval_s,
-                size_bytes=p.size_bytes,
+                interval_s=spec.interval_s if spec.interval_s is not None else p.interval_s,
+                size_bytes=spec.size_bytes,
             )
             for p in pinglist.peers
+            for spec in specs
         ),
         truncated=pinglist.truncated,
     )
+
+
+def _spec_port(spec: ProbeSpecConfig, echo_port: int) -> int:
+    """Where a kind is answered: the spec's port, else the agents' port for that kind."""
+    if spec.kind is ProbeKind.ICMP:
+        return 0
+    if spec.port is not None:
+        return spec.port
+    if spec.kind in (ProbeKind.TCP, ProbeKind.TCP_ECHO, ProbeKind.UDP):
+        return echo_port  # the pinglist's port: the agents' TCP and UDP echo responder
+    return DEFAULT_PORTS[spec.kind]
 
 
 class PinglistService:
@@ -188,7 +216,8 @@ class PinglistService:
                 max_peers=cfg.max_peers,
                 inter_dc_per_podset=cfg.inter_dc_per_podset,
                 port=cfg.port,
-            )
+            ),
+            cfg.probes,
         )
         entry = _Entry(model, model.model_dump_json().encode())
         with self._lock:

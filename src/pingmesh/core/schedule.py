@@ -46,6 +46,7 @@ import heapq
 import itertools
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -117,11 +118,13 @@ class ProbeSchedule(Generic[K]):
             self._heap = [(s.due_ns, s.seq, k) for k, s in self._peers.items()]
             heapq.heapify(self._heap)
 
-    def due(self, now_ns: int, *, limit: int | None = None) -> list[K]:
+    def due(self, now_ns: int, *, limit: int | None = None, slack_ns: int = 0) -> list[K]:
         """The peers due at ``now_ns`` (earliest first, at most ``limit``), rescheduled.
 
         Every peer returned is next due at ``now_ns + interval``, plus a random part of its
         lateness (at most one more interval) to break up clumps; see the module docstring.
+        Lateness up to ``slack_ns`` is the caller's own choice (it wakes up at most that often,
+        coalescing due times) and forms no clump, so it earns no extra delay.
         """
         if limit is not None and limit < 0:
             raise ValueError(f"limit: {limit} is negative")
@@ -133,7 +136,7 @@ class ProbeSchedule(Generic[K]):
             if state is None or state.seq != seq:
                 continue  # a removed or rescheduled peer's stale entry
             out.append(key)
-            late_ns = now_ns - state.due_ns
+            late_ns = now_ns - state.due_ns - slack_ns
             spread_ns = self._rng.randrange(min(late_ns, state.interval_ns)) if late_ns > 0 else 0
             state.last_ns = now_ns
             state.due_ns = now_ns + state.interval_ns + spread_ns
@@ -185,3 +188,74 @@ class TokenBucket:
         if self._tat_ns is None:
             return 0
         return max(0, self._tat_ns - self._tolerance_ns - now_ns)
+
+
+def source_ports_for_paths(paths: int, probability: float) -> int:
+    """How many distinct source ports cover ``paths`` ECMP paths with ``probability``.
+
+    Theory of operation (coupon collector; R-Pingmesh Eq. 1, reference §6.1 item 3 and §6.2):
+    if every flow (5-tuple) is hashed onto one of ``m`` equal-cost paths uniformly and
+    independently, ``n`` flows with distinct source ports cover all ``m`` paths with
+    probability ``sum_{i=0..m} (-1)^i C(m, i) (1 - i/m)^n``. That alternating sum cancels
+    catastrophically in floating point for large ``m``, so we compute the same probability
+    with the equivalent occupancy recurrence instead: after each new flow, the chance of
+    having seen exactly ``k`` paths is ``P'(k) = P(k)·k/m + P(k-1)·(m-k+1)/m``. The answer is
+    the smallest ``n`` with ``P(m) ≥ probability`` (m = 16, p = 0.99 → 115; m = 64 → 557).
+    """
+    if paths < 1:
+        raise ValueError(f"paths: {paths} is not >= 1")
+    if not 0 < probability < 1:
+        raise ValueError(f"probability: {probability} must be between 0 and 1 (exclusive)")
+    if paths == 1:
+        return 1
+    occupied = [0.0] * (paths + 1)  # occupied[k]: P(exactly k paths seen)
+    occupied[0] = 1.0
+    flows = 0
+    while occupied[paths] < probability:
+        flows += 1
+        for k in range(min(flows, paths), 0, -1):
+            occupied[k] = occupied[k] * k / paths + occupied[k - 1] * (paths - k + 1) / paths
+        occupied[0] = 0.0
+    return flows
+
+
+class PerSourceLimiter(Generic[K]):
+    """A rate cap per source (e.g. per peer address), in bounded memory.
+
+    Each source gets its own GCRA bucket (as :class:`TokenBucket`: ``rate_per_s``, bursts of
+    ``burst``). At most ``max_sources`` buckets are kept; a new source evicts the one seen
+    least recently. An evicted source comes back with a full bucket, so a flood of distinct
+    (spoofed) sources can at worst make the limiter forget — it never grows memory, and the
+    responder's global cap still bounds the total.
+    """
+
+    def __init__(self, *, rate_per_s: float, burst: int, max_sources: int = 4096) -> None:
+        if not math.isfinite(rate_per_s) or rate_per_s <= 0:
+            raise ValueError(f"rate_per_s: {rate_per_s} is not a positive number")
+        if burst < 1:
+            raise ValueError(f"burst: {burst} is not >= 1")
+        if max_sources < 1:
+            raise ValueError(f"max_sources: {max_sources} is not >= 1")
+        self.emission_interval_ns = max(1, math.ceil(1e9 / rate_per_s))
+        self._tolerance_ns = (burst - 1) * self.emission_interval_ns
+        self.max_sources = max_sources
+        self._tat: OrderedDict[K, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    def try_acquire(self, source: K, now_ns: int) -> bool:
+        """Take one token of ``source``'s bucket if it has one at ``now_ns``."""
+        tat = self._tat.get(source)
+        if tat is None:
+            if len(self._tat) >= self.max_sources:
+                self._tat.popitem(last=False)
+            tat = now_ns
+        else:
+            self._tat.move_to_end(source)
+            tat = max(tat, now_ns)
+        if tat - now_ns > self._tolerance_ns:
+            self._tat[source] = tat
+            return False
+        self._tat[source] = tat + self.emission_interval_ns
+        return True

@@ -85,6 +85,9 @@ class DemoFleet:
             data_dir=self.data_dir,
             topology=topology_file,
             pinglist=PinglistConfig(interval_s=interval_s),
+            # Agents upload over QUIC to a port the kernel picks; the server makes its own
+            # private CA in DATA/tls and every agent trusts exactly that CA.
+            quic_listen=f"{listen.rpartition(':')[0] or '127.0.0.1'}:0",
         )
         self.server = PingmeshServer.from_config(config)
         self._agents: dict[str, asyncio.subprocess.Process] = {}
@@ -103,6 +106,7 @@ class DemoFleet:
                 await self.server.wait_started()
                 await self._start_agents(logs)
                 announce(f"pingmesh demo: dashboard at {self.server.url}/")
+                announce(f"pingmesh demo: bandwidth (over QUIC) at {self.server.url}/bandwidth")
                 announce(
                     f"pingmesh demo: {len(self._agents)} agents on 127.x addresses "
                     f"({len(self.topology.entities('tor'))} ToRs, "
@@ -121,6 +125,26 @@ class DemoFleet:
                 await self._stop_agents()
                 server_task.cancel()
 
+    def _quic_args(self, name: str) -> list[str]:
+        """``--quic``, ``--ca-file`` and ``--token-file`` for agent ``name`` (issue 7)."""
+        security, quic = self.server.quic_security, self.server.quic
+        if security is None or quic is None or security.ca_certificate is None:
+            return []
+        tokens = self.data_dir / "tls" / "agents"
+        tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token_file = tokens / f"{name}.token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(security.authenticator.token_for(name) + "\n", encoding="ascii")
+        host = f"[{quic.host}]" if ":" in quic.host else quic.host
+        return [
+            "--quic",
+            f"{host}:{quic.port}",
+            "--ca-file",
+            str(security.ca_certificate),
+            "--token-file",
+            str(token_file),
+        ]
+
     async def _start_agents(self, logs: Path) -> None:
         for server in self.topology.servers:
             with (logs / f"{server.name}.log").open("ab") as log_file:
@@ -137,6 +161,7 @@ class DemoFleet:
                     server.name,
                     "--bind",
                     server.address,
+                    *self._quic_args(server.name),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,

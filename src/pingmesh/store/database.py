@@ -139,16 +139,23 @@ class SqliteDatabase:
 
 
 def open_database(target: Path | str) -> Database:
-    """Open the results database named by a path or URL (``sqlite:///path``).
+    """Open the results database named by a path or URL (``sqlite:///path``, ``postgresql://…``).
 
     Raises :class:`StoreError` for a URL scheme this build does not support.
     """
     text = str(target)
     if text.startswith("sqlite:///"):
         return SqliteDatabase(text.removeprefix("sqlite:///"))
+    if text.startswith(("postgresql://", "postgres://")):
+        from pingmesh.store.postgres import PostgresDatabase  # noqa: PLC0415 - psycopg is heavy
+
+        return PostgresDatabase(text)
     if "://" in text:
         scheme = text.split("://", 1)[0]
-        raise StoreError(f"database {text!r}: unsupported scheme {scheme!r} (use sqlite:///PATH)")
+        raise StoreError(
+            f"database {text!r}: unsupported scheme {scheme!r} "
+            "(use sqlite:///PATH or postgresql://…)"
+        )
     return SqliteDatabase(text)
 
 

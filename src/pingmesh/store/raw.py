@@ -63,6 +63,15 @@ RAW_SCHEMA = pa.schema(
         pa.field("dst_tor", pa.string()),
         pa.field("dst_podset", pa.string()),
         pa.field("dst_dc", pa.string()),
+        # Host-noise signals and phases (issue 3); null when the probe kind has none, and in
+        # files written before they existed.  Microseconds, like rtt_us.
+        pa.field("send_lag_us", pa.float64()),
+        pa.field("recv_lag_us", pa.float64()),
+        pa.field("dwell_us", pa.float64()),
+        pa.field("connect_us", pa.float64()),
+        pa.field("tls_us", pa.float64()),
+        pa.field("ttfb_us", pa.float64()),
+        pa.field("seq", pa.int64()),
     ]
 )
 """The columns of every raw-store file, in order."""

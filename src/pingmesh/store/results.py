@@ -63,12 +63,19 @@ class Stats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlaRow(Stats):
-    """The SLA of one entity (server, ToR, podset, DC) in one window."""
+    """The SLA of one entity (server, ToR, podset, DC, DC pair, service) in one window.
+
+    ``pairs_expected``: the pairs the entity's servers are meant to probe (their pinglists);
+    ``coverage``: the share of those that reported in the window (0–1; for a rollup the mean
+    over its sub-windows). Both None when the analysis did not know the pinglists.
+    """
 
     window: str
     window_start: int
     scope: str
     entity: str
+    pairs_expected: int | None = None
+    coverage: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,3 +245,97 @@ class ResultsDB:
             sql += " AND dst = ?"
             params.append(dst)
         return self._query(MatrixRow, sql + " ORDER BY src, dst", params)
+
+    # -- history (ranges of windows; added for the dashboard's graphs) ------------------------
+
+    def windows_between(
+        self, window: str, start_s: float, end_s: float, *, limit: int = 2000
+    ) -> list[WindowRow]:
+        """The windows of one kind that start in ``[start_s, end_s)``, newest first."""
+        return self._query(
+            WindowRow,
+            'SELECT {columns} FROM windows WHERE "window" = ? AND window_start >= ?'
+            " AND window_start < ? ORDER BY window_start DESC LIMIT ?",
+            (window, start_s, end_s, limit),
+        )
+
+    def matrix_series(
+        self,
+        window: str,
+        level: str,
+        window_starts: Sequence[int],
+        *,
+        src: Sequence[str] | None = None,
+        dst: Sequence[str] | None = None,
+    ) -> list[MatrixRow]:
+        """The cells of the given windows at ``level``, optionally only of some sources or
+        destinations, by window start. Every lookup is a primary-key seek."""
+        if not window_starts:
+            return []
+        sql = 'SELECT {columns} FROM matrix WHERE "window" = ? AND level = ?'
+        params: list[Any] = [window, level]
+        sql += f" AND window_start IN ({', '.join('?' * len(window_starts))})"
+        params.extend(window_starts)
+        for column, values in (("src", src), ("dst", dst)):
+            if values is not None:
+                if not values:
+                    return []
+                sql += f" AND {column} IN ({', '.join('?' * len(values))})"
+                params.extend(values)
+        return self._query(MatrixRow, sql + " ORDER BY window_start, src, dst", params)
+
+    def sla_series(
+        self, window: str, scope: str, window_starts: Sequence[int], *, entity: str | None = None
+    ) -> list[SlaRow]:
+        """The SLA rows of the given windows for one scope (optionally one entity)."""
+        if not window_starts:
+            return []
+        sql = (
+            'SELECT {columns} FROM sla WHERE "window" = ? AND scope = ?'
+            f" AND window_start IN ({', '.join('?' * len(window_starts))})"
+        )
+        params: list[Any] = [window, scope, *window_starts]
+        if entity is not None:
+            sql += " AND entity = ?"
+            params.append(entity)
+        return self._query(SlaRow, sql + " ORDER BY window_start, entity", params)
+
+    def matrix_values(
+        self, window: str, window_start: int, level: str, column: str
+    ) -> list[tuple[str, str, float | None, int, int]]:
+        """(src, dst, ``column``, probes, failures) of every cell: the lean read behind big
+        heatmaps (no row objects). ``column`` is one of the statistics columns."""
+        if column not in {f.name for f in fields(Stats)}:
+            raise ValueError(f"column: {column!r} is not a statistics column")
+        rows = self.database.query(
+            f'SELECT src, dst, "{column}", probes, failures FROM matrix'
+            ' WHERE "window" = ? AND window_start = ? AND level = ?',
+            (window, window_start, level),
+        )
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    def matrix_series_values(
+        self,
+        window: str,
+        level: str,
+        window_starts: Sequence[int],
+        *,
+        src: Sequence[str],
+        dst: Sequence[str] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Like :meth:`matrix_series`, as plain tuples ``(window_start, src, dst, probes,
+        failures, retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)``: the lean read
+        behind pages that graph many series at once."""
+        if not window_starts or not src or (dst is not None and not dst):
+            return []
+        sql = (
+            "SELECT window_start, src, dst, probes, failures, retransmitted, p50_us, p90_us,"
+            ' p99_us, p999_us, drop_rate FROM matrix WHERE "window" = ? AND level = ?'
+            f" AND window_start IN ({', '.join('?' * len(window_starts))})"
+            f" AND src IN ({', '.join('?' * len(src))})"
+        )
+        params: list[Any] = [window, level, *window_starts, *src]
+        if dst is not None:
+            sql += f" AND dst IN ({', '.join('?' * len(dst))})"
+            params.extend(dst)
+        return self.database.query(sql, params)

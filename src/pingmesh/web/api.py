@@ -38,9 +38,11 @@ SlaScope = Literal["server", "tor", "podset", "dc", "service"]
 HeatmapLevel = Literal["tor", "podset", "dc"]
 Metric = Literal["p99", "drop_rate"]
 
-# In the contract (DESIGN.md) but not computed yet: these answer 400 until they are.
+# In the contract (DESIGN.md); rollups that the analysis may write.  A kind answers 400 until
+# the results database holds a window of it.
 FUTURE_WINDOWS: tuple[str, ...] = ("1h", "1d")
-BUILT_SCOPES: tuple[str, ...] = ("server", "tor", "podset", "dc")
+ROLLUP_LENGTHS_S: dict[str, int] = {"1h": 3600, "1d": 86400}
+BUILT_SCOPES: tuple[str, ...] = ("server", "tor", "podset", "dc", "service")
 
 DEFAULT_MAX_HEATMAP_CELLS = 100_000
 # ``at=`` is resolved by scanning windows newest first; bounded so that a request for a
@@ -48,9 +50,7 @@ DEFAULT_MAX_HEATMAP_CELLS = 100_000
 
 
 # Query parameters, module level so that FastAPI can resolve the (postponed) annotations.
-ScopeParam = Annotated[
-    SlaScope, Query(description=f"built: {', '.join(BUILT_SCOPES)} (service answers 400)")
-]
+ScopeParam = Annotated[SlaScope, Query(description=f"one of {', '.join(BUILT_SCOPES)}")]
 AtParam = Annotated[
     str | None,
     Query(description="RFC 3339 time: answer from the newest window that contains it"),
@@ -58,6 +58,13 @@ AtParam = Annotated[
 LevelParam = Annotated[HeatmapLevel, Query(description="tor, podset or dc")]
 MetricParam = Annotated[Metric, Query(description="p99 (µs) or drop_rate (0–1)")]
 DcParam = Annotated[str | None, Query(description="only the entities of this DC")]
+FormatParam = Annotated[
+    Literal["cells", "columns"],
+    Query(
+        description="cells: a list of objects (default); columns: parallel arrays "
+        "(values, probes, failures), about 6x smaller for big matrices"
+    ),
+]
 
 
 # -- response models (they are the OpenAPI documentation) ---------------------------------
@@ -114,7 +121,7 @@ class WindowKindOut(_Out):
     """A kind of analysis window and its newest analysed window."""
 
     name: str = Field(description="the value of window= (its length: 30s, 10m, ...)")
-    role: Literal["fast", "ten_minute"]
+    role: Literal["fast", "ten_minute", "rollup"]
     length_s: int
     every_s: int = Field(description="a new window of this kind is analysed this often")
     latest_start: datetime | None = Field(description="null until one has been analysed")
@@ -245,9 +252,14 @@ class WindowKind:
     """A kind of analysis window, as the analysis names and schedules it."""
 
     name: str
-    role: Literal["fast", "ten_minute"]
+    role: Literal["fast", "ten_minute", "rollup"]
     length_s: int
     every_s: int
+
+    @property
+    def overlapping(self) -> bool:
+        """True when windows of this kind overlap (the fast kind: 30 s every 10 s)."""
+        return self.every_s < self.length_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -402,11 +414,22 @@ class Api:
             pinglist_version=row.pinglist_version if row else None,
         )
 
+    def kinds(self) -> list[WindowKind]:
+        """The window kinds, shortest first: the configured ones, plus each rollup kind
+        (``1h``, ``1d``) once the results database holds a window of it."""
+        kinds = list(self._kinds)
+        for name in FUTURE_WINDOWS:
+            if self._db.latest_window(name) is not None:
+                length = ROLLUP_LENGTHS_S[name]
+                kinds.append(WindowKind(name=name, role="rollup", length_s=length, every_s=length))
+        return sorted(kinds, key=lambda k: k.length_s)
+
     def windows(self) -> WindowsOut:
         """The window kinds, fast first, each with its newest analysed window."""
         self._count("windows_requests_total")
         kinds = []
-        for kind in self._kinds:
+        built = self.kinds()
+        for kind in built:
             latest = self._db.latest_window(kind.name)
             kinds.append(
                 WindowKindOut(
@@ -419,7 +442,12 @@ class Api:
                     computed_at=utc(latest.computed_at_s) if latest else None,
                 )
             )
-        return WindowsOut(default=self.default_window, kinds=kinds, not_built=list(FUTURE_WINDOWS))
+        names = {k.name for k in built}
+        return WindowsOut(
+            default=self.default_window,
+            kinds=kinds,
+            not_built=[n for n in FUTURE_WINDOWS if n not in names],
+        )
 
     def sla(self, scope: SlaScope, window: str, at: str | None) -> SlaOut:
         """Per-entity SLAs of one window."""
@@ -430,7 +458,7 @@ class Api:
                 f"query parameter 'scope': {scope!r} is not built yet; "
                 f"supported: {', '.join(BUILT_SCOPES)}",
             )
-        row, note = self._pick_window(window, at)
+        row, note = self.pick_window(window, at)
         if row is None:
             return SlaOut(
                 window=window,
@@ -473,12 +501,16 @@ class Api:
         window: str,
         at: str | None,
         dc: str | None,
+        *,
+        form: Literal["cells", "columns"] = "cells",
     ) -> dict[str, Any]:
         """The dense src × dst matrix of one window at one level, as a JSON-ready document.
 
         The document has the shape of :class:`HeatmapOut`. Cells are plain dicts, not
         models: with up to ``max_heatmap_cells`` of them, validating each would cost more
         than the rest of the request, and their values come from our own database.
+        With ``form="columns"`` the cells are three parallel row-major arrays instead
+        (``values``, ``probes``, ``failures``), which a million-cell matrix needs.
         """
         self._count("heatmap_requests_total")
         topology = self._source.topology
@@ -491,7 +523,7 @@ class Api:
                 f"level {level!r} has {n} entities ({n * n} cells), over the "
                 f"limit of {self._max_cells} cells; restrict it with dc= or use a coarser level",
             )
-        row, note = self._pick_window(window, at)
+        row, note = self.pick_window(window, at)
         heat = self._config.heatmap
         if metric == "p99":
             thresholds = Thresholds(green_below=heat.green_below_us, red_above=heat.red_above_us)
@@ -513,6 +545,8 @@ class Api:
             thresholds=thresholds,
             entities=list(entities),
         )
+        if form == "columns":
+            return self._heatmap_columns(head, level, metric, row)
         cells: list[dict[str, Any]] = [
             {"src": src, "dst": dst, "value": None, "probes": 0, "failures": 0}
             for src in entities
@@ -535,6 +569,34 @@ class Api:
         document["cells"] = cells
         return document
 
+    def _heatmap_columns(
+        self, head: HeatmapHead, level: Level, metric: Metric, row: WindowRow | None
+    ) -> dict[str, Any]:
+        entities = head.entities
+        n = len(entities)
+        values: list[float | None] = [None] * (n * n)
+        probes = [0] * (n * n)
+        failures = [0] * (n * n)
+        if row is not None:
+            index = {name: i for i, name in enumerate(entities)}
+            column = "p99_us" if metric == "p99" else "drop_rate"
+            for src, dst, value, count, failed in self._db.matrix_values(
+                row.window, row.window_start, level, column
+            ):
+                i, j = index.get(src), index.get(dst)
+                if i is None or j is None:
+                    continue
+                k = i * n + j
+                values[k] = value if value is not None and math.isfinite(value) else None
+                probes[k] = count
+                failures[k] = failed
+        self._count("heatmap_cells_served_total", n * n)
+        document = head.model_dump(mode="json")
+        document["values"] = values
+        document["probes"] = probes
+        document["failures"] = failures
+        return document
+
     # -- shared ----------------------------------------------------------------------------
 
     def _entities(self, topology: Topology, level: Level, dc: str | None) -> Sequence[str]:
@@ -548,14 +610,18 @@ class Api:
             )
         return sorted({s.entity(level) for s in topology.servers if s.dc == dc})
 
-    def _pick_window(self, kind: str, at: str | None) -> tuple[WindowRow | None, str | None]:
-        """The window to answer from and None, or None and why there is none."""
-        built = ", ".join(k.name for k in self._kinds)
-        if kind in FUTURE_WINDOWS:
+    def pick_window(self, kind: str, at: str | None) -> tuple[WindowRow | None, str | None]:
+        """The window to answer from and None, or None and why there is none.
+
+        Raises HTTPException 400/422 for a kind that is not built or not a kind at all.
+        """
+        kinds = self.kinds()
+        built = ", ".join(k.name for k in kinds)
+        if kind in FUTURE_WINDOWS and kind not in {k.name for k in kinds}:
             raise self._reject(
                 400, f"query parameter 'window': {kind!r} is not built yet; supported: {built}"
             )
-        if kind not in {k.name for k in self._kinds}:
+        if kind not in {k.name for k in kinds}:
             raise self._reject(
                 422, f"query parameter 'window': {kind!r} is not a window kind; built: {built}"
             )
@@ -583,7 +649,7 @@ class Api:
         window_query: Any = Query(
             default=self.default_window,
             description=f"window kind; built: {', '.join(names)} "
-            f"({' and '.join(FUTURE_WINDOWS)} answer 400 for now)",
+            f"({' and '.join(FUTURE_WINDOWS)} once the analysis has rolled one up)",
             json_schema_extra={"enum": [*names, *FUTURE_WINDOWS]},
         )
 
@@ -629,20 +695,23 @@ class Api:
             responses=ERROR_RESPONSES,
             summary="The src × dst matrix of one window at one level",
         )
-        def get_heatmap(
+        def get_heatmap(  # noqa: PLR0917 - FastAPI passes query parameters by name
             level: LevelParam = "tor",
             metric: MetricParam = "p99",
             window: str = window_query,
             at: AtParam = None,
             dc: DcParam = None,
+            format: FormatParam = "cells",  # noqa: A002 - the query parameter's name
         ) -> Response:
             """Every entity of the level (sorted) and the dense src × dst cells, row-major.
 
             ``value`` is the P99 in µs or the drop rate; null with ``probes`` 0 means no
             data, null with ``probes`` > 0 means every probe failed. ``thresholds`` are the
-            configured colours: green below, red above, yellow between.
+            configured colours: green below, red above, yellow between. With
+            ``format=columns``: ``values``, ``probes`` and ``failures`` arrays instead of
+            ``cells`` (same row-major order).
             """
-            document = self.heatmap(level, metric, window, at, dc)
+            document = self.heatmap(level, metric, window, at, dc, form=format)
             # Serialised here rather than by FastAPI, which would validate every cell; the
             # response model above still documents the shape.
             return Response(

@@ -13,14 +13,16 @@ Errors are mapped here, at the HTTP boundary, once for every router:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from pingmesh import __version__
@@ -55,6 +57,23 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "a value the API does not support (yet)"},
     422: {"model": ErrorOut, "description": "a parameter or field that is not valid"},
 }
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(document: Any) -> Response:
+    """A JSON answer serialised in one pass (datetimes as RFC 3339; NaN is an error).
+
+    For big documents of our own making: FastAPI's encoder walks every value first.
+    """
+    return Response(
+        content=json.dumps(document, default=_json_default, separators=(",", ":"), allow_nan=False),
+        media_type="application/json",
+    )
 
 
 def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:

@@ -15,6 +15,12 @@ from fastapi import APIRouter, HTTPException, Response
 STATIC_FILES: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "overview.js": "text/javascript; charset=utf-8",
+    "pages.js": "text/javascript; charset=utf-8",
+    "alerts.js": "text/javascript; charset=utf-8",
+    "smoke.js": "text/javascript; charset=utf-8",
+    "sound.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "docs.html": "text/html; charset=utf-8",
     "docs.js": "text/javascript; charset=utf-8",
@@ -28,9 +34,23 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Other packaged files (e.g. the bandwidth page that issue 7 adds) are served by suffix.
+MEDIA_BY_SUFFIX: dict[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
 def _load() -> dict[str, bytes]:
     root = resources.files("pingmesh.web").joinpath("static")
-    return {name: root.joinpath(name).read_bytes() for name in STATIC_FILES}
+    content = {name: root.joinpath(name).read_bytes() for name in STATIC_FILES}
+    for entry in root.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if entry.name not in content and suffix in MEDIA_BY_SUFFIX and entry.is_file():
+            content[entry.name] = entry.read_bytes()
+    return content
 
 
 class StaticFiles:
@@ -52,7 +72,8 @@ class StaticFiles:
         if name.endswith(".html"):
             headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
             headers["Referrer-Policy"] = "no-referrer"
-        return Response(content=content, media_type=STATIC_FILES[name], headers=headers)
+        media = STATIC_FILES.get(name) or MEDIA_BY_SUFFIX["." + name.rsplit(".", 1)[-1]]
+        return Response(content=content, media_type=media, headers=headers)
 
 
 def dashboard_router(files: StaticFiles | None = None) -> APIRouter:

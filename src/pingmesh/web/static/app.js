@@ -1,711 +1,90 @@
-// pingmesh dashboard. Vanilla ES module, no build step, no external asset.
+// pingmesh dashboard: the shell. Vanilla ES modules, no build step, no external asset.
 //
-// Layout of this file, so it can grow (drill-down, pair history, node pages, incidents):
-//   api      - fetch JSON from /api/v1 (relative URLs, so a path prefix works)
-//   format   - units and times (RFC 3339 from the API, shown in local time)
-//   route    - view + parameters kept in location.hash (#/overview?level=tor&...)
-//   views    - HeatmapView (canvas), AgentsView (table); each has update(data)
-//   refresh  - one loop, every 10 s, no overlapping requests; views update in place
+//   common.js   api client, formatting (browser zone or UTC), DOM helpers, hash route
+//   overview.js the heatmap (canvas) and the agents table: #/overview
+//   pages.js    a cell's pairs (#/pair), a pair's history and raw probes (#/history),
+//               a server's forward/reverse graphs (#/node), SLAs (#/sla)
+//   alerts.js   alerts (#/alerts) and the topology (#/topology)
+//   smoke.js    the SmokePing-style distribution graph
+//   sound.js    the alarm (WebAudio)
 //
-// The heatmap is drawn on a <canvas> grouped by colour so thousands of cells stay fluid;
-// hover is O(1) (cell index from the mouse position) and drawn on an overlay canvas.
+// One refresh loop (every 10 s, never overlapping) updates the page on screen; a second one
+// (every 5 s) follows the firing alerts: the badge in the header and the alarm.
 
-const REFRESH_MS = 10_000;
-const MAX_AGENT_ROWS = 1000;
+import { AlertsPage, TopologyPage } from "./alerts.js";
+import { api, clock, REFRESH_MS, route } from "./common.js";
+import { OverviewPage } from "./overview.js";
+import { HistoryPage, NodePage, PairPage, SlaPage } from "./pages.js";
+import { Alarm } from "./sound.js";
 
-// -- api ------------------------------------------------------------------------------
+const ALERT_POLL_MS = 5000;
 
-const api = {
-  async get(path, params = {}, signal = undefined) {
-    const query = new URLSearchParams();
-    for (const [k, v] of Object.entries(params)) {
-      if (v !== undefined && v !== null && v !== "") query.set(k, v);
-    }
-    const url = `api/v1/${path}${query.toString() ? "?" + query : ""}`;
-    const response = await fetch(url, { signal, headers: { Accept: "application/json" } });
-    if (!response.ok) {
-      let detail = response.statusText;
-      try {
-        detail = (await response.json()).detail ?? detail;
-      } catch {
-        // not JSON: keep the status text
-      }
-      throw new ApiError(response.status, detail);
-    }
-    return response.json();
-  },
-};
-
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(`${status}: ${detail}`);
-    this.status = status;
-    this.detail = detail;
-  }
-}
-
-// -- format ---------------------------------------------------------------------------
-
-const format = {
-  latency(us) {
-    if (us === null || us === undefined) return "–";
-    if (us >= 1_000_000) return `${(us / 1_000_000).toFixed(2)} s`;
-    if (us >= 1000) return `${(us / 1000).toFixed(2)} ms`;
-    return `${Math.round(us)} µs`;
-  },
-  ratio(r) {
-    if (r === null || r === undefined) return "–";
-    if (r === 0) return "0";
-    const pct = r * 100;
-    return `${r.toExponential(1)} (${pct < 0.01 ? pct.toExponential(1) : pct.toFixed(2)} %)`;
-  },
-  value(v, unit) {
-    return unit === "us" ? format.latency(v) : format.ratio(v);
-  },
-  threshold(v, unit) {
-    return unit === "us" ? format.latency(v) : v.toExponential(0);
-  },
-  count(n) {
-    return Number(n).toLocaleString();
-  },
-  localTime(iso) {
-    if (!iso) return "–";
-    return format.localDateTime(iso).slice(11);
-  },
-  // YYYY-MM-DD HH:MM:SS in local time: unambiguous whatever the browser's locale.
-  localDateTime(iso) {
-    if (!iso) return "–";
-    const d = new Date(iso);
-    const pad = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  },
-  // "12 s ago", measured against the server's clock so a skewed laptop does not lie.
-  ago(iso, nowIso) {
-    if (!iso) return "never";
-    const s = Math.max(0, (Date.parse(nowIso) - Date.parse(iso)) / 1000);
-    if (s < 90) return `${Math.round(s)} s ago`;
-    if (s < 5400) return `${Math.round(s / 60)} min ago`;
-    if (s < 172800) return `${Math.round(s / 3600)} h ago`;
-    return `${Math.round(s / 86400)} d ago`;
-  },
-  seconds(s) {
-    return s < 90 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`;
-  },
-};
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  for (const child of children) {
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
-
-// -- route ----------------------------------------------------------------------------
-
-// The window kinds come from the server (/api/v1/windows: named after their configured
-// lengths); the dashboard opens on the fast one, the freshest picture of the fleet.
-const DEFAULTS = { level: "tor", metric: "p99", window: "30s", dc: "" };
-const CHOICES = {
-  level: ["tor", "podset", "dc"],
-  metric: ["p99", "drop_rate"],
-  window: null, // any, until the server has said which kinds exist
-};
-
-const route = {
-  read() {
-    const hash = location.hash.replace(/^#/, "");
-    const [path, query = ""] = hash.split("?");
-    const params = new URLSearchParams(query);
-    const state = { view: path.replace(/^\//, "") || "overview" };
-    for (const [key, fallback] of Object.entries(DEFAULTS)) {
-      const v = params.get(key) ?? fallback;
-      state[key] = CHOICES[key] && !CHOICES[key].includes(v) ? fallback : v;
-    }
-    return state;
-  },
-  write(state) {
-    const params = new URLSearchParams();
-    for (const key of Object.keys(DEFAULTS)) {
-      if (state[key] !== DEFAULTS[key]) params.set(key, state[key]);
-    }
-    const query = params.toString();
-    const hash = `#/${state.view}${query ? "?" + query : ""}`;
-    if (location.hash !== hash) history.replaceState(null, "", hash);
-  },
-};
-
-// -- heatmap view -----------------------------------------------------------------------
-
-const NODATA = 0, GREEN = 1, YELLOW = 2, RED = 3, FAILED = 4;
-const VERDICT = {
-  [NODATA]: ["nodata", "no data"],
-  [GREEN]: ["green", "healthy"],
-  [YELLOW]: ["yellow", "warning"],
-  [RED]: ["red", "over the SLA"],
-  [FAILED]: ["failed", "every probe failed"],
-};
-
-function cssColour(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-}
-
-class HeatmapView {
-  constructor(root) {
-    this.canvas = root.querySelector("#heatmap");
-    this.overlay = root.querySelector("#heatmap-overlay");
-    this.wrap = root.querySelector("#heatmap-wrap");
-    this.legend = root.querySelector("#legend");
-    this.note = root.querySelector("#heatmap-note");
-    this.windowLine = root.querySelector("#window-line");
-    this.title = root.querySelector("#heatmap-title");
-    this.tooltip = document.querySelector("#tooltip");
-    this.data = null;
-    this.categories = null;
-    this.geometry = null;
-    this.hover = null; // {row, col, clientX, clientY}
-    this.parents = new Map(); // entity -> [podset, dc], from the agents list
-    this.colours = {
-      [NODATA]: cssColour("--heat-nodata"),
-      [GREEN]: cssColour("--heat-green"),
-      [YELLOW]: cssColour("--heat-yellow"),
-      [RED]: cssColour("--heat-red"),
-      [FAILED]: cssColour("--heat-failed"),
-      mark: cssColour("--heat-failed-mark"),
-      grid: cssColour("--heat-grid"),
-      ink: cssColour("--ink"),
-      muted: cssColour("--muted"),
-    };
-    this.canvas.addEventListener("mousemove", (e) => this.onMove(e));
-    this.canvas.addEventListener("mouseleave", () => this.setHover(null));
-    this.canvas.addEventListener("click", (e) => this.onClick(e));
-    new ResizeObserver(() => this.draw()).observe(this.wrap);
-  }
-
-  setState(state) {
-    this.canvas.dataset.state = state;
-  }
-
-  // Where each ToR and podset sits, so the grid can show podset and DC boundaries.
-  setPlacement(agents) {
-    const parents = new Map();
-    for (const a of agents) {
-      if (a.tor) parents.set(`tor:${a.tor}`, [a.podset, a.dc]);
-      if (a.podset) parents.set(`podset:${a.podset}`, [a.dc, a.dc]);
-    }
-    const changed = parents.size !== this.parents.size ||
-      [...parents].some(([k, v]) => String(this.parents.get(k)) !== String(v));
-    this.parents = parents;
-    if (changed) this.draw();
-  }
-
-  // The question itself was refused (4xx, e.g. too many ToRs): show why, not stale cells.
-  refuse(detail) {
-    this.data = null;
-    this.geometry = null;
-    this.setHover(null);
-    for (const c of [this.canvas, this.overlay]) {
-      c.width = 0;
-      c.height = 0;
-      c.style.width = "0px";
-      c.style.height = "0px";
-    }
-    Object.assign(this.canvas.dataset, { cells: "0", filled: "0", failed: "0" });
-    this.note.textContent = detail;
-    this.note.hidden = false;
-    this.windowLine.textContent = "\u00a0";
-    this.setState("refused");
-  }
-
-  update(data) {
-    this.data = data;
-    const { cells, thresholds } = data;
-    const categories = new Uint8Array(cells.length);
-    let filled = 0, failed = 0;
-    for (let k = 0; k < cells.length; k++) {
-      const c = cells[k];
-      let cat;
-      if (c.probes === 0) cat = NODATA;
-      else if (c.value === null) cat = FAILED;
-      else if (c.value < thresholds.green_below) cat = GREEN;
-      else if (c.value > thresholds.red_above) cat = RED;
-      else cat = YELLOW;
-      categories[k] = cat;
-      if (cat !== NODATA) filled++;
-      if (cat === FAILED) failed++;
-    }
-    this.categories = categories;
-    this.renderHeader(data);
-    this.renderLegend(data);
-    this.draw();
-    const ds = this.canvas.dataset;
-    ds.cells = String(cells.length);
-    ds.filled = String(filled);
-    ds.failed = String(failed);
-    ds.level = data.level;
-    ds.metric = data.metric;
-    ds.window = data.window;
-    ds.windowStart = data.window_start ?? "";
-    this.setState("ready");
-    if (this.hover) this.showTooltip(); // keep a pinned mouse's tooltip in step with the data
-  }
-
-  renderHeader(data) {
-    const levelName = { tor: "ToR", podset: "Podset", dc: "DC" }[data.level];
-    const metricName = data.metric === "p99" ? "P99 latency" : "drop rate";
-    this.title.textContent = `${levelName} → ${levelName} ${metricName}` +
-      (data.dc ? ` · ${data.dc}` : "");
-    const line = this.windowLine;
-    line.replaceChildren();
-    if (data.window_start) {
-      const age = (Date.parse(data.generated_at) - Date.parse(data.window_end)) / 1000;
-      const span = (Date.parse(data.window_end) - Date.parse(data.window_start)) / 1000;
-      const time = el("time", { datetime: data.window_start,
-        title: `${data.window_start} – ${data.window_end} (UTC)` },
-        `${format.localDateTime(data.window_start)} – ${format.localTime(data.window_end)}`);
-      line.append(`${data.window} window `, time, " local");
-      const ageText = ` · data ${format.seconds(age)} old`;
-      // A window older than two of its own lengths plus a minute means the analysis stalled.
-      if (age > 2 * span + 60) line.append(el("span", { class: "stale" }, `${ageText} (stale)`));
-      else line.append(ageText);
-      line.append(` · ${format.count(data.entities.length)} ${levelName}s`);
-    } else {
-      line.append(`${data.window} window: none yet`);
-    }
-    if (data.note) {
-      this.note.textContent = data.note;
-      this.note.hidden = false;
-    } else {
-      this.note.hidden = true;
-    }
-  }
-
-  renderLegend(data) {
-    const { green_below: g, red_above: r } = data.thresholds;
-    const u = data.unit;
-    const item = (swatchClass, colour, text) => {
-      const swatch = el("span", { class: `swatch ${swatchClass}` });
-      if (colour) swatch.style.background = colour;
-      return el("span", { class: "item" }, swatch, text);
-    };
-    this.legend.replaceChildren(
-      item("", this.colours[GREEN], `< ${format.threshold(g, u)}`),
-      item("", this.colours[YELLOW], `${format.threshold(g, u)} – ${format.threshold(r, u)}`),
-      item("", this.colours[RED], `> ${format.threshold(r, u)}`),
-      item("", this.colours[NODATA], "no data"),
-      item("failed", this.colours[FAILED], "probes sent, all failed"),
-      item("partial", null, "some probes failed (corner)"),
-    );
-  }
-
-  layout() {
-    const n = this.data.entities.length;
-    const ctx = this.canvas.getContext("2d");
-    ctx.font = "12px system-ui, sans-serif";
-    let labelW = 0;
-    for (const name of this.data.entities) labelW = Math.max(labelW, ctx.measureText(name).width);
-    labelW = Math.min(Math.ceil(labelW), 160);
-    const availW = Math.max(200, this.wrap.clientWidth - 2);
-    // Fit the width, and most of the window's height, so the whole grid is seen at once.
-    const availH = Math.max(240, window.innerHeight * 0.8);
-    const margin = labelW + 14;
-    const fit = Math.min(availW - margin - 8, availH - margin - 8) / Math.max(1, n);
-    const cell = Math.max(3, Math.min(36, Math.floor(fit)));
-    const labels = cell >= 11; // below this the names would overlap; the tooltip has them
-    const left = labels ? margin : 8;
-    const top = labels ? margin : 8;
-    return { n, cell, left, top, labels, labelW,
-      width: left + n * cell + 8, height: top + n * cell + 8 };
-  }
-
-  draw() {
-    if (!this.data) return;
-    const g = (this.geometry = this.layout());
-    const dpr = window.devicePixelRatio || 1;
-    for (const c of [this.canvas, this.overlay]) {
-      const w = Math.round(g.width * dpr), h = Math.round(g.height * dpr);
-      if (c.width !== w || c.height !== h) {
-        c.width = w;
-        c.height = h;
-        c.style.width = `${g.width}px`;
-        c.style.height = `${g.height}px`;
-      }
-    }
-    const ctx = this.canvas.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, g.width, g.height);
-    const { n, cell, left, top } = g;
-    ctx.fillStyle = this.colours.grid;
-    ctx.fillRect(left - 1, top - 1, n * cell + 1, n * cell + 1);
-    const gap = cell >= 6 ? 1 : 0;
-    const size = cell - gap;
-    // One fillStyle per colour: far fewer state changes than per-cell colours.
-    for (const cat of [NODATA, GREEN, YELLOW, RED, FAILED]) {
-      ctx.fillStyle = this.colours[cat];
-      for (let k = 0; k < this.categories.length; k++) {
-        if (this.categories[k] !== cat) continue;
-        const i = (k / n) | 0, j = k - i * n;
-        ctx.fillRect(left + j * cell, top + i * cell, size, size);
-      }
-    }
-    if (cell >= 7) this.drawMarks(ctx, g, size);
-    this.drawBoundaries(ctx, g);
-    if (g.labels) this.drawLabels(ctx, g);
-    this.drawHover();
-    // Geometry in CSS pixels, so tests (and later tools) can point at a cell.
-    Object.assign(this.canvas.dataset, { cellPx: cell, originX: left, originY: top });
-  }
-
-  drawMarks(ctx, g, size) {
-    const { n, cell, left, top } = g;
-    const cells = this.data.cells;
-    const inset = Math.max(2, Math.round(size * 0.25));
-    ctx.strokeStyle = this.colours.mark;
-    ctx.lineWidth = Math.max(1, size / 10);
-    ctx.beginPath();
-    for (let k = 0; k < cells.length; k++) {
-      if (this.categories[k] !== FAILED) continue;
-      const x = left + (k % n) * cell, y = top + ((k / n) | 0) * cell;
-      ctx.moveTo(x + inset, y + inset);
-      ctx.lineTo(x + size - inset, y + size - inset);
-      ctx.moveTo(x + size - inset, y + inset);
-      ctx.lineTo(x + inset, y + size - inset);
-    }
-    ctx.stroke();
-    // Cells with a value but some failed probes: a dark corner, so a green P99 over a
-    // half-dead pair does not look healthy.
-    const corner = Math.max(3, Math.round(size * 0.35));
-    ctx.fillStyle = this.colours[FAILED];
-    ctx.beginPath();
-    for (let k = 0; k < cells.length; k++) {
-      const cat = this.categories[k];
-      if (cat === NODATA || cat === FAILED || cells[k].failures === 0) continue;
-      const x = left + (k % n) * cell + size, y = top + ((k / n) | 0) * cell;
-      ctx.moveTo(x - corner, y);
-      ctx.lineTo(x, y);
-      ctx.lineTo(x, y + corner);
-      ctx.closePath();
-    }
-    ctx.fill();
-  }
-
-  // A line between consecutive entities of different podsets (thin) or DCs (thick): the
-  // "crosses" that tell a ToR from a Leaf or Spine problem (PM §5) then stand out.
-  drawBoundaries(ctx, g) {
-    const { n, cell, left, top } = g;
-    const names = this.data.entities;
-    const level = this.data.level;
-    if (level === "dc") return;
-    const parent = (k) => this.parents.get(`${level}:${names[k]}`);
-    const extent = n * cell;
-    for (let k = 1; k < n; k++) {
-      const a = parent(k - 1), b = parent(k);
-      if (!a || !b) continue;
-      const thin = cell < 6; // small cells: thinner lines, or they hide the data
-      const lineWidth = a[1] !== b[1] ? (thin ? 2 : 3) : a[0] !== b[0] ? (thin ? 1 : 1.5) : 0;
-      if (!lineWidth) continue;
-      ctx.fillStyle = this.colours.muted;
-      const at = k * cell - lineWidth / 2 - (cell >= 6 ? 0.5 : 0);
-      ctx.fillRect(left + at, top - 2, lineWidth, extent + 2);
-      ctx.fillRect(left - 2, top + at, extent + 2, lineWidth);
-    }
-  }
-
-  drawLabels(ctx, g) {
-    const { n, cell, left, top } = g;
-    const names = this.data.entities;
-    ctx.font = "12px system-ui, sans-serif";
-    ctx.fillStyle = this.colours.ink;
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "right";
-    for (let i = 0; i < n; i++) {
-      ctx.fillText(names[i], left - 6, top + i * cell + cell / 2, g.labelW);
-    }
-    ctx.save();
-    ctx.translate(left, top - 6);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textAlign = "left";
-    for (let j = 0; j < n; j++) {
-      ctx.fillText(names[j], 0, j * cell + cell / 2, g.labelW);
-    }
-    ctx.restore();
-  }
-
-  cellAt(event) {
-    const g = this.geometry;
-    if (!g) return null;
-    const rect = this.canvas.getBoundingClientRect();
-    const col = Math.floor((event.clientX - rect.left - g.left) / g.cell);
-    const row = Math.floor((event.clientY - rect.top - g.top) / g.cell);
-    if (row < 0 || col < 0 || row >= g.n || col >= g.n) return null;
-    return { row, col, clientX: event.clientX, clientY: event.clientY };
-  }
-
-  onMove(event) {
-    this.setHover(this.cellAt(event));
-  }
-
-  onClick(event) {
-    const hit = this.cellAt(event);
-    if (!hit) return;
-    const cell = this.data.cells[hit.row * this.geometry.n + hit.col];
-    // Drill-down (pair history) will listen for this; nothing else to do yet.
-    document.dispatchEvent(new CustomEvent("pingmesh:cell", {
-      detail: { level: this.data.level, src: cell.src, dst: cell.dst, window: this.data.window },
-    }));
-  }
-
-  setHover(hit) {
-    this.hover = hit;
-    this.drawHover();
-    if (hit && this.data) this.showTooltip();
-    else this.tooltip.hidden = true;
-  }
-
-  drawHover() {
-    const g = this.geometry;
-    if (!g) return;
-    const dpr = window.devicePixelRatio || 1;
-    const ctx = this.overlay.getContext("2d");
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, g.width, g.height);
-    if (!this.hover || this.hover.row >= g.n || this.hover.col >= g.n) return;
-    const { row, col } = this.hover;
-    // Soft row/column band, then the cell outline: find the pair without losing the grid.
-    ctx.fillStyle = "rgba(47, 93, 158, 0.10)";
-    ctx.fillRect(g.left, g.top + row * g.cell, g.n * g.cell, g.cell);
-    ctx.fillRect(g.left + col * g.cell, g.top, g.cell, g.n * g.cell);
-    ctx.strokeStyle = this.colours.ink;
-    ctx.lineWidth = 2;
-    ctx.strokeRect(g.left + col * g.cell - 1, g.top + row * g.cell - 1, g.cell + 1, g.cell + 1);
-  }
-
-  showTooltip() {
-    const g = this.geometry;
-    const { row, col, clientX, clientY } = this.hover;
-    if (row >= g.n || col >= g.n) {
-      this.tooltip.hidden = true;
-      return;
-    }
-    const k = row * g.n + col;
-    const c = this.data.cells[k];
-    const [cls, verdict] = VERDICT[this.categories[k]];
-    const metricName = this.data.metric === "p99" ? "P99" : "drop rate";
-    const line = (label, value) => el("div", { class: "row" },
-      el("span", {}, label), el("span", {}, value));
-    this.tooltip.replaceChildren(
-      el("div", { class: "pair" }, `${c.src} → ${c.dst}`),
-      line(metricName, c.probes === 0 ? "no data" : format.value(c.value, this.data.unit)),
-      line("probes", format.count(c.probes)),
-      line("failures", format.count(c.failures)),
-      el("div", { class: `verdict ${cls}` }, verdict),
-    );
-    this.tooltip.hidden = false;
-    // Keep the tooltip on screen, offset from the pointer.
-    const tw = this.tooltip.offsetWidth, th = this.tooltip.offsetHeight;
-    let x = clientX + 14, y = clientY + 14;
-    if (x + tw > window.innerWidth - 4) x = clientX - tw - 14;
-    if (y + th > window.innerHeight - 4) y = clientY - th - 14;
-    this.tooltip.style.left = `${Math.max(4, x)}px`;
-    this.tooltip.style.top = `${Math.max(4, y)}px`;
-  }
-}
-
-// -- agents view ------------------------------------------------------------------------
-
-const STATUS_ORDER = { down: 0, never_seen: 1, removed: 2, up: 3 };
-const STATUS_TEXT = { up: "up", down: "down", never_seen: "never seen", removed: "removed" };
-
-class AgentsView {
-  constructor(root) {
-    this.tbody = root.querySelector("#agents tbody");
-    this.counts = root.querySelector("#agent-counts");
-    this.summary = document.querySelector("#summary");
-    this.filter = root.querySelector("#agent-filter");
-    this.more = root.querySelector("#agents-more");
-    this.data = null;
-    this.filter.addEventListener("input", () => this.renderRows());
-  }
-
-  update(data) {
-    this.data = data;
-    this.renderCounts();
-    this.renderRows();
-  }
-
-  renderCounts() {
-    const c = this.data.counts;
-    const pill = (status, n) => {
-      const p = el("span", { class: "pill", "data-status": status, "data-count": String(n) },
-        el("span", { class: `dot ${status}` }), `${STATUS_TEXT[status]} ${format.count(n)}`);
-      if (status === "down" && n > 0) p.classList.add("alarm");
-      return p;
-    };
-    const pills = () => ["up", "down", "never_seen", "removed"]
-      .filter((s) => s !== "removed" || c.removed > 0)
-      .map((s) => pill(s, c[s]));
-    this.counts.replaceChildren(...pills());
-    this.summary.replaceChildren(el("span", { class: "muted" }, "agents"), ...pills());
-  }
-
-  renderRows() {
-    if (!this.data) return;
-    const needle = this.filter.value.trim().toLowerCase();
-    const now = this.data.generated_at;
-    const match = (a) => !needle || [a.name, a.address, a.dc, a.podset, a.tor, a.status,
-      STATUS_TEXT[a.status]].some((v) => v && v.toLowerCase().includes(needle));
-    const agents = this.data.agents.filter(match).sort((a, b) =>
-      STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || a.name.localeCompare(b.name));
-    const shown = agents.slice(0, MAX_AGENT_ROWS);
-    const rows = shown.map((a) => {
-      const seen = el("td", { title: a.last_seen ?? "" }, format.ago(a.last_seen, now));
-      const upload = el("td", { title: a.last_upload ?? "" }, format.ago(a.last_upload, now));
-      return el("tr", { class: a.status, "data-name": a.name, "data-status": a.status },
-        el("td", { class: "status" }, el("span", { class: `dot ${a.status}` }),
-          STATUS_TEXT[a.status]),
-        el("td", { class: "mono" }, a.name),
-        el("td", { class: "mono" }, a.address),
-        el("td", {}, a.dc ?? "–"),
-        el("td", {}, a.podset ?? "–"),
-        el("td", {}, a.tor ?? "–"),
-        seen,
-        upload,
-        el("td", { class: "mono muted" }, a.pinglist_version ?? "–"),
-      );
-    });
-    this.tbody.replaceChildren(...rows); // one swap: no flicker
-    if (agents.length > shown.length) {
-      this.more.textContent = `showing ${shown.length} of ${agents.length}; filter to narrow`;
-      this.more.hidden = false;
-    } else {
-      this.more.hidden = true;
-    }
-  }
-
-  dcs() {
-    return this.data ? [...new Set(this.data.agents.map((a) => a.dc).filter(Boolean))].sort() : [];
-  }
-}
-
-// -- refresh --------------------------------------------------------------------------
-
-class Dashboard {
+class Shell {
   constructor() {
-    const root = document.querySelector("#view");
-    this.heatmap = new HeatmapView(root);
-    this.agents = new AgentsView(root);
     this.banner = document.querySelector("#banner");
     this.refreshState = document.querySelector("#refresh-state");
-    this.selects = Object.fromEntries(
-      ["level", "metric", "window", "dc"].map((k) => [k, document.querySelector(`#${k}`)]));
-    this.state = route.read();
-    this.timer = null;
-    this.inflight = null;
-    for (const [key, select] of Object.entries(this.selects)) {
-      select.addEventListener("change", () => {
-        this.state[key] = select.value;
-        route.write(this.state);
-        this.heatmap.setState("loading");
-        this.refresh();
-      });
-    }
-    window.addEventListener("hashchange", () => {
-      this.state = route.read();
-      this.syncSelects();
-      this.refresh();
+    this.badge = document.querySelector("#alert-badge");
+    this.alarm = new Alarm(document.querySelector("#sound"));
+    this.utc = document.querySelector("#utc");
+    this.utc.checked = clock.utc;
+    this.utc.addEventListener("change", () => {
+      clock.utc = this.utc.checked;
+      this.show();
     });
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) this.refresh();
-    });
-    this.syncSelects();
-  }
-
-  // Learn the window kinds from the server, then fill the window selector with them.
-  async loadWindows() {
-    let windows;
-    try {
-      windows = await api.get("windows");
-    } catch {
-      return; // keep the built-in choices; the refresh loop reports the server's state
-    }
-    const kinds = windows.kinds;
-    if (!kinds.length) return;
-    const label = (k) => {
-      const length = k.length_s % 60 === 0 ? `${k.length_s / 60} min` : `${k.length_s} s`;
-      return k.role === "fast" ? `${length} (live)` : length;
+    const page = (name) => document.querySelector(`[data-page="${name}"]`);
+    this.pages = {
+      overview: new OverviewPage(this),
+      pair: new PairPage(page("pair")),
+      history: new HistoryPage(page("history")),
+      node: new NodePage(page("node")),
+      sla: new SlaPage(page("sla")),
+      topology: new TopologyPage(page("topology")),
+      alerts: new AlertsPage(page("alerts"), this),
     };
-    this.selects.window.replaceChildren(
-      ...kinds.map((k) => el("option", { value: k.name }, label(k))));
-    CHOICES.window = kinds.map((k) => k.name);
-    DEFAULTS.window = kinds[0].name;
-    this.state = route.read();
-    route.write(this.state);
-    this.syncSelects();
+    this.current = null;
+    this.timer = null;
+    this.busy = false;
+    window.addEventListener("hashchange", () => this.show());
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) this.tick();
+    });
   }
 
-  async start() {
-    await this.loadWindows();
-    await this.refresh();
-  }
-
-  syncSelects() {
-    for (const [key, select] of Object.entries(this.selects)) {
-      if (key === "dc" && this.state.dc && ![...select.options].some((o) => o.value === this.state.dc)) {
-        select.append(el("option", { value: this.state.dc }, this.state.dc));
-      }
-      select.value = this.state[key];
+  async show() {
+    const { view, params } = route.read();
+    const name = this.pages[view] ? view : "overview";
+    for (const node of document.querySelectorAll("[data-page]")) {
+      node.hidden = node.dataset.page !== name;
     }
-  }
-
-  syncDcOptions() {
-    const select = this.selects.dc;
-    const wanted = ["", ...this.agents.dcs()];
-    const have = [...select.options].map((o) => o.value);
-    if (wanted.join("\n") === have.join("\n")) return;
-    select.replaceChildren(...wanted.map((dc) => el("option", { value: dc }, dc || "all")));
-    if (!wanted.includes(this.state.dc)) {
-      this.state.dc = ""; // a link named a DC the fleet does not have (any more)
-      route.write(this.state);
+    for (const a of document.querySelectorAll("nav.views a")) {
+      a.classList.toggle("active", a.dataset.view === name);
     }
-    select.value = this.state.dc;
+    document.querySelector("#view").dataset.view = name;
+    this.current = name;
+    document.title = `pingmesh · ${name}`;
+    await this.run(() => this.pages[name].show(params));
   }
 
-  async refresh() {
+  async tick() {
+    if (this.current) await this.run(() => this.pages[this.current].refresh());
+  }
+
+  // Run a page update; report its errors; schedule the next refresh.
+  async run(update) {
     clearTimeout(this.timer);
-    this.inflight?.abort(); // a newer question replaces an older one
-    const controller = (this.inflight = new AbortController());
-    const { level, metric, window, dc } = this.state;
-    const asked = { level, metric, window, dc };
     this.refreshState.textContent = "updating…";
-    const errors = [];
-    const [heat, agents] = await Promise.allSettled([
-      api.get("heatmap", asked, controller.signal),
-      api.get("agents", {}, controller.signal),
-    ]);
-    if (controller.signal.aborted) return;
-    this.inflight = null;
-    if (agents.status === "fulfilled") {
-      this.agents.update(agents.value);
-      this.heatmap.setPlacement(agents.value.agents);
-      this.syncDcOptions();
-    } else {
-      errors.push(`agents: ${agents.reason.message}`);
+    let errors;
+    try {
+      errors = (await update()) ?? [];
+    } catch (error) {
+      errors = [error.message];
     }
-    if (heat.status === "fulfilled") {
-      this.heatmap.update(heat.value);
-    } else if (heat.reason instanceof ApiError && heat.reason.status < 500) {
-      this.heatmap.refuse(heat.reason.detail);
-    } else {
-      errors.push(`heatmap: ${heat.reason.message}`);
-      this.heatmap.setState("error");
-    }
-    const now = new Date().toLocaleTimeString([], { hour12: false });
+    this.report(errors);
+    this.timer = setTimeout(() => this.tick(), REFRESH_MS);
+  }
+
+  report(errors) {
+    const now = new Date().toLocaleTimeString([], { hour12: false, timeZone: clock.utc ? "UTC" : undefined });
     if (errors.length) {
       this.banner.textContent = `Could not refresh (${errors.join("; ")}). ` +
         `Showing the last good data; retrying every ${REFRESH_MS / 1000} s.`;
@@ -717,9 +96,29 @@ class Dashboard {
       this.refreshState.textContent = `updated ${now} · every ${REFRESH_MS / 1000} s`;
       this.refreshState.dataset.state = "ok";
     }
-    this.timer = setTimeout(() => this.refresh(), REFRESH_MS);
+  }
+
+  async pollAlerts() {
+    clearTimeout(this.alertTimer);
+    try {
+      const active = await api.get("alerts/active");
+      this.badge.textContent = active.firing ? String(active.firing) : "";
+      this.badge.hidden = active.firing === 0;
+      this.badge.dataset.firing = String(active.firing);
+      this.badge.classList.toggle("unacked", active.unacknowledged > 0);
+      this.badge.title = `${active.firing} firing, ${active.unacknowledged} not acknowledged`;
+      document.body.dataset.alerts = String(active.firing);
+      this.alarm.set(active.sound);
+    } catch {
+      // the page's own refresh reports a server that does not answer
+    }
+    this.alertTimer = setTimeout(() => this.pollAlerts(), ALERT_POLL_MS);
+  }
+
+  start() {
+    this.show();
+    this.pollAlerts();
   }
 }
 
-const dashboard = new Dashboard();
-dashboard.start();
+new Shell().start();

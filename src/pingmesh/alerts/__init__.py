@@ -1,0 +1,1 @@
+"""Alerting: rules over the analysis' windows and incidents, alerts, notifiers."""
