@@ -29,6 +29,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.timeout(FILL_BOUND_S + 90)
 def test_demo_fills_the_tor_heatmap_and_stops_cleanly(tmp_path: Path) -> None:
     topology = demo_topology(DemoShape())
     assert len(topology.servers) == 32
