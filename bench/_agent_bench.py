@@ -32,7 +32,7 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-def loopback_addresses(count: int, *, first: int = 100) -> list[str]:
+def loopback_addresses(count: int, *, first: int = 64) -> list[str]:
     """``count`` distinct 127.x.y.1 addresses (all reach a listener on 0.0.0.0)."""
     if count > (256 - first) * 250:
         raise ValueError(f"count: {count} is too many loopback addresses")

@@ -107,6 +107,7 @@ def run_step(work: Path, rate: int, args: argparse.Namespace, echo_port: int) ->
         "rate": rate,
         "done_per_s": done / elapsed,
         "ok_per_s": ok / elapsed,
+        "failed_per_s": (done - ok) / elapsed,
         "lost_ratio": max(0.0, 1 - ok / expected),
         "cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
         "core_busy_percent": 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
@@ -151,7 +152,7 @@ def main() -> None:
                 step = run_step(work, rate, args, echo_port)
                 print(
                     f"# rate {rate}/s: ok {step['ok_per_s']:.0f}/s,"
-                    f" lost {100 * step['lost_ratio']:.2f} %,"
+                    f" failed {step['failed_per_s']:.0f}/s, lost {100 * step['lost_ratio']:.2f} %,"
                     f" agent cpu {step['cpu_percent']:.0f} % (its core busy"
                     f" {step['core_busy_percent']:.0f} %), rate-limited {step['rate_limited']:.0f},"
                     f" mean loop lag {step['mean_lag_ms']:.2f} ms; load {load_average()}",

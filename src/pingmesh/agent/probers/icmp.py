@@ -406,11 +406,13 @@ class IcmpEchoProber:
         size = peer.size_bytes or DEFAULT_PAYLOAD_BYTES
         probe.size = size = min(max(size, MIN_PAYLOAD_BYTES), MAX_ICMP_PAYLOAD_BYTES)
         probe.src_addr = self._source_address(peer.address)
-        probe.send_real_ns = send_real_ns = round(self._clock.now_s() * 1e9)
-        probe.send_mono_ns = self._clock.monotonic_ns()
-        payload = _PAYLOAD.pack(self._token, probe.seq, send_real_ns)
+        # The packet first (its checksum takes a few µs in Python), the send time last: right
+        # before the system call, as ping takes it. The payload's time is informational.
+        payload = _PAYLOAD.pack(self._token, probe.seq, round(self._clock.now_s() * 1e9))
         payload += bytes(size - len(payload))
         packet = echo_request(self.identifier, seq16, payload)
+        probe.send_mono_ns = self._clock.monotonic_ns()
+        probe.send_real_ns = round(self._clock.now_s() * 1e9)
         try:
             sock.sendto(packet, (peer.address, 0))
         except OSError as exc:

@@ -290,9 +290,10 @@ class UdpEchoProber:
         self._seq = (self._seq + 1) & 0xFFFF_FFFF_FFFF_FFFF
         probe.seq = seq = self._seq
         probe.port_socket = port_socket
-        probe.send_real_ns = send_real_ns = self._clock_real_ns()
+        # The datagram first, the send time last: right before the system call.
+        datagram = udp_request(seq, self._clock_real_ns(), probe.size)
         probe.send_mono_ns = self._clock.monotonic_ns()
-        datagram = udp_request(seq, send_real_ns, probe.size)
+        probe.send_real_ns = self._clock_real_ns()
         try:
             try:
                 port_socket.sock.sendto(datagram, key)
