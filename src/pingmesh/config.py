@@ -144,6 +144,12 @@ class AnalysisConfig(_Section):
     ten_minute_window_s: int = Field(default=600, ge=60)
     rollups: bool = Field(default=True, description="roll 10 min up into 1 h and 1 d")
     detect: bool = Field(default=True, description="run the detectors on the fast path")
+    pair_cells_max: int = Field(
+        default=200_000, ge=0, description="above: no per-pair histograms (server matrix)"
+    )
+    fast_tor_cells_max: int = Field(
+        default=20_000, ge=0, description="above: the fast window has no ToR matrix"
+    )
     incidents: IncidentConfig = IncidentConfig()
     retention: RetentionConfig = RetentionConfig()
     traceroute: TracerouteConfig = TracerouteConfig()

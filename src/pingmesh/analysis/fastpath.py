@@ -24,9 +24,12 @@ fs_ports       per source port, the pairs on the watch list      the detection h
 
 The fast window (``window_s``, e.g. 30 s) is the merge of its slices: SLA and matrix rows for
 the dashboard, and the facts of the black-hole, host and SLA detectors. The silent-drop detector
-also looks at the longer horizon (e.g. 10 min), because small drop rates need many probes to be
-told from the baseline. So each raw record is read once by the fast path, whatever the window
-and horizon: at 1 M records/s a slice is 10 M rows, aggregated in DuckDB, never in Python.
+also looks at longer horizons (2 and 10 minutes by default), because small drop rates need many
+probes to be told from the baseline; those change slowly and are recomputed every
+``horizon_every_s`` (30 s) or a tenth of their length, whichever is longer, not every
+window. So each raw record is read once by the fast
+path, whatever the window and horizons: at 1 M records/s a slice is 10 M rows, aggregated in
+DuckDB, never in Python.
 
 Type-2 black holes need per-port history (:mod:`pingmesh.core.analysis.blackhole`): a pair
 joins the *port watch list* when it has a timeout, and from then on every slice counts its
@@ -174,6 +177,7 @@ class FastPath:
         max_anomalous_pairs: int = 50_000,
         tor_cells_max: int = 20_000,
         extra_horizons_s: tuple[int, ...] = (120,),
+        horizon_every_s: int = 30,
     ) -> None:
         if window_s % every_s or horizon_s < window_s:
             raise ValueError("window_s must be a multiple of every_s and horizon_s >= window_s")
@@ -188,6 +192,8 @@ class FastPath:
         self._max_anomalous = max_anomalous_pairs
         self._tor_cells_max = tor_cells_max
         self.extra_horizons_s = extra_horizons_s
+        self.horizon_every_s = horizon_every_s
+        self._horizons: dict[int, WindowFacts] = {}
         self._coarse_total = 0
         self._lock = threading.Lock()
         self._session = Session(
@@ -428,9 +434,9 @@ class FastPath:
             )
             horizon_start = end_s - self.horizon_s
             hz = self._between(horizon_start, end_s)
-            horizon_facts = self._horizon(horizon_start, end_s)
+            horizon_facts = self._cached_horizon(self.horizon_s, end_s)
             extra = tuple(
-                self._horizon(end_s - length, end_s)
+                self._cached_horizon(length, end_s)
                 for length in self.extra_horizons_s
                 if self.window_s < length < self.horizon_s
             )
@@ -466,6 +472,18 @@ class FastPath:
             horizon_slices=horizon_slices,
         )
         return result, facts
+
+    def _cached_horizon(self, length_s: int, end_s: int) -> WindowFacts:
+        """The horizon of ``length_s`` ending at ``end_s``, or the one computed less than
+        ``horizon_every_s`` ago (long horizons change slowly; recomputing them every window
+        would cost more than the window itself on a big fleet)."""
+        cached = self._horizons.get(length_s)
+        every_s = max(self.horizon_every_s, length_s // 10)  # 10 min: every minute
+        if cached is not None and 0 <= end_s - cached.end_s < every_s:
+            return cached
+        facts = self._horizon(end_s - length_s, end_s)
+        self._horizons[length_s] = facts
+        return facts
 
     def _horizon(self, start_s: int, end_s: int) -> WindowFacts:
         """What the silent-drop detector sees over ``[start_s, end_s)``."""

@@ -101,6 +101,11 @@ PAIR_ALL_COUNTERS: tuple[str, ...] = (
 
 PAIR_KEYS: tuple[str, ...] = ("agent", "dst")
 
+_PROBE_COUNTERS = ("1", "ok", "lost", "rx", "drop_event", "drop_counted")
+"""The columns of ``probes`` behind each of :data:`COUNTERS`."""
+_PROBE_ALL_COUNTERS = ("1", "ok", "rx", "drop_event", "drop_counted")
+"""The columns of ``probes`` behind each of :data:`PAIR_ALL_COUNTERS`."""
+
 STATS_COLUMNS: tuple[str, ...] = (
     "probes",
     "successes",
@@ -344,33 +349,27 @@ def pair_histogram_sql(table: str) -> str:
 def pairs_sql(table: str = "pairs") -> list[str]:
     """Per server pair: clean counters, how many were noisy, the counters of all its probes,
     and the placement of both ends (``*_place`` must exist)."""
-    sums = ", ".join(f"SUM(CASE WHEN noisy THEN 0 ELSE {c} END) AS {c}" for c in COUNTERS)
-    every = (
-        "SUM(probes) AS all_probes, SUM(successes) AS all_successes,"
-        " SUM(retransmitted) AS all_retransmitted, SUM(drop_events) AS all_drop_events,"
-        " SUM(drop_basis) AS all_drop_basis"
+    clean = ", ".join(
+        f"SUM(CASE WHEN noisy THEN 0 ELSE {column} END) AS {name}"
+        for name, column in zip(COUNTERS, _PROBE_COUNTERS, strict=True)
+    )
+    every = ", ".join(
+        f"SUM({column}) AS {name}"
+        for name, column in zip(PAIR_ALL_COUNTERS, _PROBE_ALL_COUNTERS, strict=True)
     )
     return [
-        f"""
-CREATE OR REPLACE TEMP TABLE {table}__by_noise AS
-SELECT agent, dst, noisy, {_counter_aggregates()}
-FROM probes
-GROUP BY agent, dst, noisy
-""",
         f"""
 CREATE OR REPLACE TEMP TABLE {table} AS
 SELECT c.agent, c.dst, s.src_tor, s.src_podset, s.src_dc, d.dst_tor, d.dst_podset, d.dst_dc,
   {", ".join("c." + c for c in COUNTERS)}, c.noisy,
   {", ".join("c." + c for c in PAIR_ALL_COUNTERS)}
 FROM (
-  SELECT agent, dst, {sums},
-    SUM(CASE WHEN noisy THEN probes ELSE 0 END) AS noisy, {every}
-  FROM {table}__by_noise GROUP BY agent, dst
+  SELECT agent, dst, {clean}, SUM(CASE WHEN noisy THEN 1 ELSE 0 END) AS noisy, {every}
+  FROM probes GROUP BY agent, dst
 ) c
 LEFT JOIN src_place s ON c.agent = s.agent
 LEFT JOIN dst_place d ON c.dst = d.dst
-""",
-        f"DROP TABLE {table}__by_noise",
+"""
     ]
 
 

@@ -170,7 +170,9 @@ class AnalysisRunner:
         self._traces = traces
         noise = config.incidents
         self._options = options or JobOptions(
-            lag_us=noise.host_noise_lag_us, dwell_us=noise.host_noise_dwell_us
+            lag_us=noise.host_noise_lag_us,
+            dwell_us=noise.host_noise_dwell_us,
+            pair_cells_max=config.pair_cells_max,
         )
         self._expected = ExpectedCache(pinglist or PinglistConfig()) if source else None
         self.index = RawFileIndex(raw)
@@ -184,6 +186,7 @@ class AnalysisRunner:
             window_s=config.fast_window_s,
             horizon_s=horizon,
             options=self._options,
+            tor_cells_max=config.fast_tor_cells_max,
         )
         self.detector = (
             IncidentDetector(

@@ -85,8 +85,10 @@ class TracerouteService:
         config: TracerouteConfig,
         *,
         clock: Clock,
+        probe_port: int = 9781,
     ) -> None:
         self.store = store
+        self.probe_port = probe_port
         self.source = source
         self.config = config
         self.clock = clock
@@ -152,7 +154,7 @@ class TracerouteService:
                     agent=src.name,
                     dst=dst.name,
                     dst_addr=dst.address,
-                    dst_port=9781,
+                    dst_port=self.probe_port,
                     src_port=None,
                     reason=reason[:200] or "alert",
                 )

@@ -113,7 +113,11 @@ class PingmeshServer:
         # Analysis (issue 4): four time scales, rollups, detection, traceroute tasks.
         self.rollups = RollupStore(data_dir / "rollups")
         self.traceroutes = TracerouteService(
-            TracerouteStore(self.db.database), source, config.analysis.traceroute, clock=self.clock
+            TracerouteStore(self.db.database),
+            source,
+            config.analysis.traceroute,
+            clock=self.clock,
+            probe_port=config.pinglist.port,
         )
         self.incidents = IncidentStore(self.db.database)
         self.analysis = AnalysisRunner(

@@ -125,25 +125,36 @@ class _ComponentSums:
     """
 
     def __init__(self, table: Mapping[_Place, Counts]) -> None:
-        self.one: dict[tuple[str, str], list[int]] = {}
-        self.core = [0, 0, 0]
-        for (st, dt, sp, dp, sd, dd), counts in table.items():
-            row = (counts.drop_events, counts.drop_basis, 1)
-            self._add(("tor", st), ("tor", dt), row)
-            if st != dt:
-                self._add(("leaf", sp), ("leaf", dp), row)
-            if sp != dp:
-                self._add(("spine", sd), ("spine", dd), row)
-            if sd != dd:
-                self.core = [a + b for a, b in zip(self.core, row, strict=True)]
-
-    def _add(self, a: tuple[str, str], b: tuple[str, str], row: tuple[int, int, int]) -> None:
         # A cell counts once for each distinct end: both of its ToRs (podsets, DCs) are
         # crossed by its probes, and a cell inside one is counted once.
-        for key in {a, b}:
-            slot = self.one.setdefault(key, [0, 0, 0])
-            for i in range(3):
-                slot[i] += row[i]
+        one: dict[tuple[str, str], list[int]] = {}
+        core = [0, 0, 0]
+
+        def add(key: tuple[str, str], events: int, basis: int) -> None:
+            slot = one.get(key)
+            if slot is None:
+                one[key] = [events, basis, 1]
+            else:
+                slot[0] += events
+                slot[1] += basis
+                slot[2] += 1
+
+        for (st, dt, sp, dp, sd, dd), counts in table.items():
+            events, basis = counts.drop_events, counts.drop_basis
+            add(("tor", st), events, basis)
+            if st != dt:
+                add(("tor", dt), events, basis)
+                add(("leaf", sp), events, basis)
+                if dp != sp:
+                    add(("leaf", dp), events, basis)
+                    add(("spine", sd), events, basis)
+                    if dd != sd:
+                        add(("spine", dd), events, basis)
+                        core[0] += events
+                        core[1] += basis
+                        core[2] += 1
+        self.one = one
+        self.core = core
 
     def inside(self, component: Component) -> tuple[int, int, int]:
         """(drop events, drop basis, cells) of the component."""
@@ -178,10 +189,12 @@ class SilentDropVerdict:
 
 
 def _total(cells: Mapping[_Place, Counts]) -> Counts:
-    total = ZERO
+    """Drop events and basis of all the cells (the other counters are not needed here)."""
+    events = basis = 0
     for counts in cells.values():
-        total = total + counts
-    return total
+        events += counts.drop_events
+        basis += counts.drop_basis
+    return Counts(drop_events=events, drop_basis=basis)
 
 
 def detect_silent_drops(
@@ -209,7 +222,9 @@ def detect_silent_drops(
     g_min = -2.0 * math.log(config.localization_significance)
     table: dict[_Place, Counts] = {}
     for cell in cells:
-        table[_place(cell)] = table.get(_place(cell), ZERO) + cell.counts
+        place = _place(cell)
+        known = table.get(place)
+        table[place] = cell.counts if known is None else known + cell.counts
     own: dict[str, Counts] = {
         name: server.sent + server.received
         for name, server in servers.items()
@@ -284,9 +299,11 @@ def detect_silent_drops(
             # A host is a suspect only if its ToR-mates are not: otherwise it is the ToR.
             if not is_elevated(mine) or is_elevated(mates_of(name, tor_sums)):
                 continue
-            outside = total.without(mine)
             g = g_statistic(
-                mine.drop_events, mine.drop_basis, outside.drop_events, outside.drop_basis
+                mine.drop_events,
+                mine.drop_basis,
+                max(total.drop_events - mine.drop_events, 0),
+                max(total.drop_basis - mine.drop_basis, 0),
             )
             key = (-g, 0, name)
             if g >= g_min and (best is None or key < best[:3]):
