@@ -7,9 +7,11 @@ PYTHON  ?= python3
 # own server); openssl: test certificates; nftables, iproute2, procps, util-linux, fping: network tests, the fault lab and
 # benchmarks.
 DEBS    := chromium postgresql openssl nftables iproute2 procps util-linux fping
+# What the benchmarks compare against (`make bench-deps`; not needed by the tests).
+BENCH_DEBS := iputils-ping prometheus-smokeping-prober
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-detection check debs venv clean
+.PHONY: demo test test-detection check debs bench-deps venv clean
 
 venv: $(STAMP)
 
@@ -19,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-debs:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+debs bench-deps: PACKAGES = $(if $(filter bench-deps,$@),$(DEBS) $(BENCH_DEBS),$(DEBS))
+debs bench-deps:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -490,22 +490,41 @@ def entity_histogram_sql(
 
     ``members`` names a relation (service, agent) for the per-service SLAs.
     """
+    # Every scope but the server is merged here, per (entity, noisy, bucket): a ToR's rows
+    # are then one per bucket instead of one per server and bucket, which makes the quantile
+    # step below several times cheaper on a big fleet (the source histogram has one row per
+    # server and bucket already).
+    merged = ", ".join(
+        (
+            *(f"SUM({c}) AS {c}" for c in COUNTERS),
+            "MIN(rtt_min) AS rtt_min",
+            "MAX(rtt_max) AS rtt_max",
+        )
+    )
     cols = ", ".join((*COUNTERS, *RTT_EXTREMES))
+    server_scope, server_column = ENTITY_SCOPES[0]
     parts = [
-        f"SELECT '{scope}' AS scope, {column} AS entity, noisy, bucket, {cols} FROM {source}"
-        f" WHERE {column} IS NOT NULL"
-        for scope, column in ENTITY_SCOPES
+        (
+            f"SELECT '{server_scope}' AS scope, {server_column} AS entity, noisy, bucket, {cols}"
+            f" FROM {source} WHERE {server_column} IS NOT NULL"
+        )
     ]
+    parts.extend(
+        f"SELECT '{scope}' AS scope, {column} AS entity, noisy, bucket, {merged} FROM {source}"
+        f" WHERE {column} IS NOT NULL GROUP BY {column}, noisy, bucket"
+        for scope, column in ENTITY_SCOPES[1:]
+    )
     if members is not None:
         parts.append(
-            f"SELECT 'service' AS scope, m.service AS entity, s.noisy, s.bucket, "
-            f"{', '.join('s.' + c for c in (*COUNTERS, *RTT_EXTREMES))}"
+            f"SELECT 'service' AS scope, m.service AS entity, s.noisy, s.bucket, {merged}"
             f" FROM {source} s JOIN {members} m ON s.agent = m.agent"
+            " GROUP BY m.service, s.noisy, s.bucket"
         )
     sep = PAIR_SEPARATOR
     parts.append(
-        f"SELECT 'dc_pair' AS scope, src_dc || '{sep}' || dst_dc AS entity, noisy, bucket, {cols}"
-        f" FROM {cells} WHERE src_dc IS NOT NULL AND dst_dc IS NOT NULL"
+        f"SELECT 'dc_pair' AS scope, src_dc || '{sep}' || dst_dc AS entity, noisy, bucket,"
+        f" {merged} FROM {cells} WHERE src_dc IS NOT NULL AND dst_dc IS NOT NULL"
+        " GROUP BY src_dc, dst_dc, noisy, bucket"
     )
     union = "\nUNION ALL\n".join(parts)
     return f"CREATE OR REPLACE TEMP TABLE {table} AS\n{union}\n"
