@@ -37,6 +37,7 @@ import h11
 
 from pingmesh import __version__
 from pingmesh.agent.aggregates import HistogramSnapshot
+from pingmesh.agent.serving import ConnectionCaps, serve_until_cancelled
 from pingmesh.agent.uploader import DropReason
 
 if TYPE_CHECKING:
@@ -593,9 +594,11 @@ class _HttpProtocol(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
-        if not self._server._admit(self):
+        caps = self._server._caps
+        if not caps.admit(self.source):
             transport.abort()
             return
+        caps.add(self)
         self._counted = True
         self._arm_idle()
 
@@ -618,7 +621,7 @@ class _HttpProtocol(asyncio.Protocol):
             self._idle = None
         if self._counted:
             self._counted = False
-            self._server._release(self)
+            self._server._caps.release(self)
         self._transport = None
 
     def close(self) -> None:
@@ -744,20 +747,14 @@ class MetricsServer:
         max_per_source: int = 8,
         idle_timeout_s: float = 30.0,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections: {max_connections} is not >= 1")
-        if max_per_source < 1:
-            raise ValueError(f"max_per_source: {max_per_source} is not >= 1")
         self.bind = bind
         self.port = port
         self._render = render
-        self.max_connections = max_connections
-        self.max_per_source = max_per_source
-        self._per_source: dict[str, int] = {}
+        self._caps = ConnectionCaps[_HttpProtocol](
+            max_connections=max_connections, max_per_source=max_per_source
+        )
         self.idle_timeout_s = idle_timeout_s
         self._server: asyncio.Server | None = None
-        self._connections: set[_HttpProtocol] = set()
-        self._rejected = 0
         self._bad_requests = 0
         self._requests = dict.fromkeys((*_PATHS, "other"), 0)
 
@@ -781,19 +778,14 @@ class MetricsServer:
 
     async def serve(self) -> None:
         """Listen (if not yet) and serve until cancelled; then close everything."""
-        try:
-            await self.start()
-            assert self._server is not None
-            await self._server.serve_forever()
-        finally:
-            await self.aclose()
+        await serve_until_cancelled(self)
 
     async def aclose(self) -> None:
         """Stop listening and close every connection."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for conn in list(self._connections):
+        for conn in self._caps:
             conn.close()
         if server is not None:
             await server.wait_closed()
@@ -804,32 +796,13 @@ class MetricsServer:
 
     def statistics(self) -> HttpStatistics:
         """A snapshot of the counters."""
+        caps = self._caps.statistics()
         return HttpStatistics(
-            open_connections=len(self._connections),
-            connections_rejected=self._rejected,
+            open_connections=caps.open_connections,
+            connections_rejected=caps.rejected + caps.rejected_per_source,
             requests=tuple(self._requests.items()),
             bad_requests=self._bad_requests,
         )
-
-    def _admit(self, conn: _HttpProtocol) -> bool:
-        if len(self._connections) >= self.max_connections:
-            self._rejected += 1
-            return False
-        if self._per_source.get(conn.source, 0) >= self.max_per_source:
-            self._rejected += 1
-            return False
-        self._connections.add(conn)
-        self._per_source[conn.source] = self._per_source.get(conn.source, 0) + 1
-        return True
-
-    def _release(self, conn: _HttpProtocol) -> None:
-        if conn in self._connections:
-            self._connections.discard(conn)
-            left = self._per_source.get(conn.source, 1) - 1
-            if left > 0:
-                self._per_source[conn.source] = left
-            else:
-                self._per_source.pop(conn.source, None)
 
     def _count(self, path: str) -> None:
         key = path if path in self._requests else "other"

@@ -52,6 +52,7 @@ from pingmesh.agent.probers.kernel import (
     enable_rx_timestamps,
     rx_timestamp_ns,
 )
+from pingmesh.agent.serving import ConnectionCaps, WatchedSocket, serve_until_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -302,29 +303,20 @@ class Responder:
         backlog: int = 1024,
         defer_accept_s: int = 5,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections: {max_connections} is not >= 1")
-        if max_per_source < 1:
-            raise ValueError(f"max_per_source: {max_per_source} is not >= 1")
         if max_buffer_bytes < 1:
             raise ValueError(f"max_buffer_bytes: {max_buffer_bytes} is not >= 1")
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s: {idle_timeout_s} is not > 0")
         self.bind = bind
         self.port = port
-        self.max_connections = max_connections
-        self.max_per_source = max_per_source
         self.max_buffer_bytes = max_buffer_bytes
         self.idle_timeout_s = idle_timeout_s
         self._backlog = backlog
         self._defer_accept_s = defer_accept_s
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connections: set[_Connection] = set()
-        self._per_source: dict[str, int] = {}
-        self._accepted = 0
-        self._rejected = 0
-        self._rejected_per_source = 0
+        self._listener = WatchedSocket("responder")
+        self._caps = ConnectionCaps[_Connection](
+            max_connections=max_connections, max_per_source=max_per_source
+        )
         self._idle_closed = 0
         self._echoed_bytes = 0
         self._frames = 0
@@ -333,70 +325,57 @@ class Responder:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the port is known after :meth:`start`)."""
-        if self._sock is None:
-            raise RuntimeError("the responder is not started")
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return self._listener.address
 
     async def start(self) -> tuple[str, int]:
         """Listen; ``OSError`` (e.g. ``EADDRINUSE``) propagates to the caller."""
-        if self._sock is None:
-            family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(0.0)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self._defer_accept_s > 0:
-                    sock.setsockopt(
-                        socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, self._defer_accept_s
-                    )
-                enable_rx_timestamps(sock)
-                sock.bind((self.bind, self.port))
-                sock.listen(self._backlog)
-            except BaseException:
-                sock.close()
-                raise
-            self._sock = sock
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(sock.fileno(), self._on_acceptable)
+        if self._listener.sock is None:
+            self._listener.open(
+                bind=self.bind,
+                port=self.port,
+                kind=socket.SOCK_STREAM,
+                configure=self._configure,
+                backlog=self._backlog,
+                on_readable=self._on_acceptable,
+            )
             logger.info("responder listening on %s:%d", *self.address)
         return self.address
 
     async def serve(self) -> None:
         """Listen (if not yet) and answer until cancelled; then close everything."""
-        try:
-            await self.start()
-            await asyncio.Event().wait()
-        finally:
-            await self.aclose()
+        await serve_until_cancelled(self)
 
     async def aclose(self) -> None:
         """Stop listening and reset every open connection."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
-        for conn in list(self._connections):
+        self._listener.close()
+        for conn in self._caps:
             conn.close(reset=True)
 
     def statistics(self) -> ResponderStatistics:
         """A snapshot of the counters."""
+        caps = self._caps.statistics()
         return ResponderStatistics(
-            open_connections=len(self._connections),
-            accepted=self._accepted,
-            rejected=self._rejected,
-            rejected_per_source=self._rejected_per_source,
+            open_connections=caps.open_connections,
+            accepted=caps.accepted,
+            rejected=caps.rejected,
+            rejected_per_source=caps.rejected_per_source,
             idle_closed=self._idle_closed,
             echoed_bytes=self._echoed_bytes,
             frames=self._frames,
             bad_frames=self._bad_frames,
         )
 
+    def _configure(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self._defer_accept_s > 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, self._defer_accept_s)
+        enable_rx_timestamps(sock)
+
     def _on_acceptable(self) -> None:
-        listener, loop = self._sock, self._loop
-        if listener is None or loop is None:
+        listener, loop = self._listener.sock, asyncio.get_running_loop()
+        if listener is None:
             return
+        caps = self._caps
         for _ in range(_MAX_ACCEPTS_PER_WAKEUP):
             try:
                 sock, address = listener.accept()
@@ -406,12 +385,7 @@ class Responder:
                 logger.warning("responder: accept failed: %s", exc)
                 return
             source = str(address[0])
-            if len(self._connections) >= self.max_connections:
-                self._rejected += 1
-                _reset(sock)
-                continue
-            if self._per_source.get(source, 0) >= self.max_per_source:
-                self._rejected_per_source += 1
+            if not caps.admit(source):
                 _reset(sock)
                 continue
             try:
@@ -421,19 +395,11 @@ class Responder:
                 sock.close()
                 continue
             conn = _Connection(self, loop, sock, source)
-            self._accepted += 1
-            self._connections.add(conn)
-            self._per_source[source] = self._per_source.get(source, 0) + 1
+            caps.add(conn)
             conn.start()
 
     def _release(self, conn: _Connection) -> None:
-        if conn in self._connections:
-            self._connections.discard(conn)
-            left = self._per_source.get(conn.source, 1) - 1
-            if left > 0:
-                self._per_source[conn.source] = left
-            else:
-                self._per_source.pop(conn.source, None)
+        self._caps.release(conn)
 
 
 def _reset(sock: socket.socket) -> None:

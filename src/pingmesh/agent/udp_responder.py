@@ -14,15 +14,14 @@ It faces the whole fleet, so it is bounded in every direction:
 - a reply is never larger than its request (no amplification) and only well-formed requests
   are answered (anything else is counted as malformed and dropped);
 - each source address has its own rate cap
-  (:class:`~pingmesh.core.schedule.PerSourceLimiter`, bounded memory) and all sources
-  together a global one; excess requests are dropped and counted;
+  (:class:`~pingmesh.agent.serving.RateCaps`, bounded memory) and all sources together a
+  global one; excess requests are dropped and counted;
 - one wake-up reads at most a fixed number of datagrams, so a flood cannot starve the rest
   of the agent; the kernel's socket buffer bounds what waits, and drops what does not fit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -30,8 +29,8 @@ from dataclasses import dataclass
 
 from pingmesh.agent.echo_wire import UDP_REQUEST, parse_udp, udp_reply_into
 from pingmesh.agent.probers.kernel import ANCILLARY_BYTES, enable_rx_timestamps, rx_timestamp_ns
+from pingmesh.agent.serving import RateCaps, WatchedSocket, serve_until_cancelled
 from pingmesh.core.probe import MAX_UDP_PAYLOAD_BYTES
-from pingmesh.core.schedule import PerSourceLimiter, TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -63,61 +62,40 @@ class UdpResponder:
     ) -> None:
         self.bind = bind
         self.port = port
-        self._per_source = PerSourceLimiter[str](
-            rate_per_s=per_source_rate,
-            burst=max(1, int(per_source_rate)),
-            max_sources=max_sources,
+        self._caps = RateCaps(
+            per_source_rate=per_source_rate, global_rate=global_rate, max_sources=max_sources
         )
-        self._global = TokenBucket(rate_per_s=global_rate, burst=max(1, int(global_rate / 10)))
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._socket = WatchedSocket("UDP responder")
         self._received = 0
         self._answered = 0
         self._malformed = 0
-        self._rate_limited = 0
         self._send_errors = 0
 
     @property
     def address(self) -> tuple[str, int]:
         """The address actually bound (the port is known after :meth:`start`)."""
-        if self._sock is None:
-            raise RuntimeError("the UDP responder is not started")
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return self._socket.address
 
     async def start(self) -> tuple[str, int]:
         """Bind; ``OSError`` (e.g. ``EADDRINUSE``) propagates to the caller."""
-        if self._sock is None:
-            family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.settimeout(0.0)
-                enable_rx_timestamps(sock)
-                sock.bind((self.bind, self.port))
-            except BaseException:
-                sock.close()
-                raise
-            self._sock = sock
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(sock.fileno(), self._on_readable)
+        if self._socket.sock is None:
+            self._socket.open(
+                bind=self.bind,
+                port=self.port,
+                kind=socket.SOCK_DGRAM,
+                configure=enable_rx_timestamps,
+                on_readable=self._on_readable,
+            )
             logger.info("UDP responder listening on %s:%d", *self.address)
         return self.address
 
     async def serve(self) -> None:
         """Bind (if not yet) and answer until cancelled; then close."""
-        try:
-            await self.start()
-            await asyncio.Event().wait()
-        finally:
-            await self.aclose()
+        await serve_until_cancelled(self)
 
     async def aclose(self) -> None:
         """Stop answering and close the socket."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
+        self._socket.close()
 
     def statistics(self) -> UdpResponderStatistics:
         """A snapshot of the counters."""
@@ -125,14 +103,15 @@ class UdpResponder:
             received=self._received,
             answered=self._answered,
             malformed=self._malformed,
-            rate_limited=self._rate_limited,
+            rate_limited=self._caps.limited,
             send_errors=self._send_errors,
         )
 
     def _on_readable(self) -> None:
-        sock = self._sock
+        sock = self._socket.sock
         if sock is None:
             return
+        caps = self._caps
         for _ in range(_MAX_READS_PER_WAKEUP):
             try:
                 data, ancillary, _, source = sock.recvmsg(
@@ -147,11 +126,7 @@ class UdpResponder:
             if echo is None or echo.flag != UDP_REQUEST:
                 self._malformed += 1
                 continue
-            now_ns = time.monotonic_ns()
-            if not self._per_source.try_acquire(source[0], now_ns) or not self._global.try_acquire(
-                now_ns
-            ):
-                self._rate_limited += 1
+            if not caps.admit(source[0], time.monotonic_ns()):
                 continue
             reply = bytearray(data)
             stamp_ns = rx_timestamp_ns(ancillary)

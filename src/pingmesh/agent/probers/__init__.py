@@ -72,9 +72,25 @@ class Prober(Protocol):
         ...
 
 
+class StartedProbe(ProbeHandle, Protocol):
+    """A probe of a :class:`StartingProber`, made but not yet sent."""
+
+    def begin(self) -> None:
+        """Send it; exceptions propagate (:meth:`StartingProber.start` turns them into data)."""
+        ...
+
+    def abandon(self, detail: str) -> None:
+        """End it as ``error`` with ``detail``, releasing what it holds."""
+        ...
+
+
 @runtime_checkable
 class StartingProber(Prober, Protocol):
-    """A prober whose probes run on callbacks; see the module docstring."""
+    """A prober whose probes run on callbacks; see the module docstring.
+
+    A prober subclasses this and makes its probes (``_new_probe``); ``start`` and ``probe``
+    are the same for every kind and are written here.
+    """
 
     def start(
         self,
@@ -88,22 +104,33 @@ class StartingProber(Prober, Protocol):
 
         ``on_done`` may be called before ``start`` returns (a probe that fails at once).
         """
+        probe = self._new_probe(peer, timeout_s, on_done, send_lag_us)
+        try:
+            probe.begin()
+        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
+            probe.abandon(f"{type(exc).__name__}: {exc}"[:200])
+        return probe
+
+    def _new_probe(
+        self, peer: Peer, timeout_s: float, on_done: OnDone, send_lag_us: float | None
+    ) -> StartedProbe:
+        """One probe of ``peer``, not yet sent."""
         ...
 
+    async def probe(
+        self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
+    ) -> ProbeResult:
+        """Probe ``peer`` once (start, then wait for the callback); never raises but
+        :class:`asyncio.CancelledError`, after cancelling the probe."""
+        future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
 
-async def probe_via_start(
-    prober: StartingProber, peer: Peer, *, timeout_s: float, send_lag_us: float | None
-) -> ProbeResult:
-    """``probe()`` for a :class:`StartingProber`: start, then wait for the callback."""
-    future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+        def done(result: ProbeResult) -> None:
+            if not future.done():
+                future.set_result(result)
 
-    def done(result: ProbeResult) -> None:
-        if not future.done():
-            future.set_result(result)
-
-    handle = prober.start(peer, timeout_s=timeout_s, on_done=done, send_lag_us=send_lag_us)
-    try:
-        return await future
-    except asyncio.CancelledError:
-        handle.cancel()
-        raise
+        handle = self.start(peer, timeout_s=timeout_s, on_done=done, send_lag_us=send_lag_us)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise

@@ -21,17 +21,14 @@ to a small bound (``/ping`` says ``pong``), so a misdirected probe cannot make u
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from functools import partial
 from typing import Any
 
 import h11
 
 from pingmesh import __version__
 from pingmesh.agent.probers import Peer
-from pingmesh.agent.probers.kernel import address_family, errno_name, outcome_for_errno
-from pingmesh.agent.probers.stream import ProbeStream
+from pingmesh.agent.probers.stream import ProbeStream, StreamProbe, run_stream_probe
 from pingmesh.clock import Clock
 from pingmesh.core.probe import Outcome, ProbeKind, ProbeResult
 
@@ -69,111 +66,43 @@ class HttpProber:
         self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
     ) -> ProbeResult:
         """``GET /ping`` from ``peer`` once; failures are outcomes, never exceptions."""
-        make = partial(
-            ProbeResult,
-            time_ns=round(self._clock.now_s() * 1e9),
-            dst=peer.name,
-            dst_addr=peer.address,
-            dst_port=peer.port,
+        return await run_stream_probe(
+            peer,
             kind=self._kind,
-            scope=peer.scope,
+            clock=self._clock,
+            bind_addr=self.bind_addr,
+            timeout_s=timeout_s,
             send_lag_us=send_lag_us,
+            exchange=self._run,
+            timeout_detail="no {stage} answer within {timeout_s:g} s",
         )
-        family = address_family(peer.address)
-        if family is None:
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
-                outcome=Outcome.ERROR,
-                detail=f"peer address {peer.address!r} is not an IP address",
-            )
-        stage = "connect"
-        connect_us: float | None = None
-        tls_us: float | None = None
+
+    async def _run(self, probe: StreamProbe) -> ProbeResult:
+        stream, peer, fields = probe.stream, probe.peer, probe.fields
+        fields["connect_us"] = fields["tls_us"] = None  # reported even if the probe fails
+        start_real_ns = round(self._clock.now_s() * 1e9)
         try:
-            with ProbeStream(family, self.bind_addr, timeout_s) as stream:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        start_real_ns = round(self._clock.now_s() * 1e9)
-                        start_ns = self._clock.monotonic_ns()
-                        await stream.connect(peer.address, peer.port)
-                        info = stream.tcp_info()
-                        clock_us = (self._clock.monotonic_ns() - start_ns) / 1000
-                        connect_us = float(info.rtt_us) if info and info.rtt_us > 0 else clock_us
-                        if self._kind is ProbeKind.HTTPS:
-                            stage = "tls"
-                            if self._ssl_context is None:
-                                self._ssl_context = ssl.create_default_context()
-                            tls_start_ns = self._clock.monotonic_ns()
-                            await stream.start_tls(self._ssl_context, peer.name)
-                            tls_us = (self._clock.monotonic_ns() - tls_start_ns) / 1000
-                        stage = "request"
-                        outcome = await self._exchange(stream, peer, start_real_ns, start_ns)
-                except TimeoutError:
-                    info = stream.tcp_info()
-                    src = stream.src_addr
-                    if stage == "connect":
-                        src = stream.failed_source(peer.address, peer.port)
-                    return make(
-                        src_addr=src,
-                        src_port=stream.src_port,
-                        outcome=Outcome.TIMEOUT,
-                        retransmits=info.total_retrans if info else 0,
-                        detail=f"no {stage} answer within {timeout_s:g} s",
-                        connect_us=connect_us,
-                        tls_us=tls_us,
-                    )
-                except ssl.SSLError as exc:
-                    return make(
-                        src_addr=stream.src_addr,
-                        src_port=stream.src_port,
-                        outcome=Outcome.ERROR,
-                        detail=f"tls: {exc.reason or exc}"[:200],
-                        connect_us=connect_us,
-                        tls_us=tls_us,
-                    )
-                except (OSError, h11.ProtocolError) as exc:
-                    info = stream.tcp_info()
-                    src = stream.src_addr
-                    if stage == "connect":
-                        src = stream.failed_source(peer.address, peer.port)
-                    if isinstance(exc, OSError):
-                        result, why = outcome_for_errno(exc.errno), errno_name(exc.errno)
-                        why = f"{why}: {exc.strerror or exc}"
-                    else:
-                        result, why = Outcome.BAD_REPLY, f"not HTTP: {exc}"
-                    return make(
-                        src_addr=src,
-                        src_port=stream.src_port,
-                        outcome=result,
-                        retransmits=info.total_retrans if info else 0,
-                        detail=f"{stage}: {why}"[:200],
-                        connect_us=connect_us,
-                        tls_us=tls_us,
-                    )
-                info = stream.tcp_info()
-                return make(
-                    src_addr=stream.src_addr,
-                    src_port=stream.src_port,
-                    retransmits=info.total_retrans if info else 0,
-                    connect_us=connect_us,
-                    tls_us=tls_us,
-                    **outcome,
-                )
-        except OSError as exc:  # the socket itself could not be set up (bind, EMFILE…)
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
-                outcome=outcome_for_errno(exc.errno),
-                detail=f"socket: {errno_name(exc.errno)}: {exc.strerror or exc}"[:200],
-            )
-        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
+            fields["connect_us"] = await probe.connect()
+            if self._kind is ProbeKind.HTTPS:
+                probe.stage = "tls"
+                if self._ssl_context is None:
+                    self._ssl_context = ssl.create_default_context()
+                tls_start_ns = self._clock.monotonic_ns()
+                await stream.start_tls(self._ssl_context, peer.name)
+                fields["tls_us"] = (self._clock.monotonic_ns() - tls_start_ns) / 1000
+            probe.stage = "request"
+            outcome = await self._exchange(stream, peer, start_real_ns, probe.start_ns)
+        except ssl.SSLError as exc:  # an OSError, but the TLS library's reason says more
+            return probe.make(
+                src_addr=stream.src_addr,
+                src_port=stream.src_port,
                 outcome=Outcome.ERROR,
-                detail=f"{type(exc).__name__}: {exc}"[:200],
+                detail=f"tls: {exc.reason or exc}"[:200],
+                **fields,
             )
+        except h11.ProtocolError as exc:
+            return probe.failed(Outcome.BAD_REPLY, f"{probe.stage}: not HTTP: {exc}"[:200])
+        return probe.result(**fields, **outcome)
 
     async def _exchange(
         self, stream: ProbeStream, peer: Peer, start_real_ns: int, start_ns: int

@@ -40,19 +40,22 @@ import random
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
-from pingmesh.agent.probers import OnDone, Peer, probe_via_start
-from pingmesh.agent.probers.deadlines import Deadlines
+from pingmesh.agent.probers import OnDone, Peer
+from pingmesh.agent.probers.datagram import (
+    DatagramProbe,
+    DatagramProber,
+    read_datagrams,
+    read_error_queue,
+)
 from pingmesh.agent.probers.kernel import (
-    ANCILLARY_BYTES,
     IP_RECVERR,
+    WILDCARDS,
     address_family,
     enable_rx_timestamps,
     errno_name,
-    outcome_for_errno,
     parse_extended_error,
-    route_source,
-    rx_timestamp_ns,
 )
 from pingmesh.clock import Clock
 from pingmesh.core.probe import Outcome, ProbeKind, ProbeResult
@@ -72,7 +75,6 @@ SOL_RAW = 255
 ICMP_FILTER = 1  # linux/icmp.h: a bit mask of the ICMP types to *drop*
 SO_ATTACH_FILTER = 26
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
-_MAX_READS_PER_WAKEUP = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,67 +164,41 @@ def _attach_filter(sock: socket.socket, program: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-class _IcmpProbe:
-    __slots__ = (
-        "_on_done",
-        "_prober",
-        "_send_lag_us",
-        "peer",
-        "send_mono_ns",
-        "send_real_ns",
-        "seq",
-        "seq16",
-        "size",
-        "src_addr",
-        "time_ns",
-        "timeout_s",
-    )
+class _IcmpProbe(DatagramProbe["IcmpEchoProber"]):
+    __slots__ = ("seq16", "src_addr")
 
     def __init__(
-        self, prober: IcmpEchoProber, peer: Peer, on_done: OnDone, send_lag_us: float | None
+        self,
+        prober: IcmpEchoProber,
+        peer: Peer,
+        timeout_s: float,
+        on_done: OnDone,
+        send_lag_us: float | None,
     ) -> None:
-        self._prober = prober
-        self.peer = peer
-        self._on_done: OnDone | None = on_done
-        self._send_lag_us = send_lag_us
-        self.seq = 0
-        self.seq16 = -1
-        self.size = 0
-        self.time_ns = 0
-        self.send_real_ns = 0
-        self.send_mono_ns = 0
+        super().__init__(prober, peer, timeout_s, on_done, send_lag_us)
+        self.seq16 = -1  # the echo sequence number; -1 until the request is built
         self.src_addr = prober.bind_addr
-        self.timeout_s = 0.0
 
-    def cancel(self) -> None:
-        self._prober._forget(self)
-        self._on_done = None
-
-    def finish(self, outcome: Outcome, **fields: object) -> None:
-        on_done, self._on_done = self._on_done, None
-        if on_done is None:
-            return
+    def _result(self, outcome: Outcome, fields: dict[str, Any]) -> ProbeResult:
         peer = self.peer
-        on_done(
-            ProbeResult(
-                time_ns=self.time_ns,
-                src_addr=self.src_addr,
-                src_port=self._prober.identifier,
-                dst=peer.name,
-                dst_addr=peer.address,
-                dst_port=0,
-                kind=ProbeKind.ICMP,
-                scope=peer.scope,
-                outcome=outcome,
-                size_bytes=self.size,
-                seq=self.seq if self.seq16 >= 0 else None,
-                send_lag_us=self._send_lag_us,
-                **fields,  # type: ignore[arg-type]
-            )
+        return ProbeResult(
+            time_ns=self.time_ns,
+            src_addr=self.src_addr,
+            src_port=self._prober.identifier,
+            dst=peer.name,
+            dst_addr=peer.address,
+            dst_port=0,
+            kind=ProbeKind.ICMP,
+            scope=peer.scope,
+            outcome=outcome,
+            size_bytes=self.size,
+            seq=self.seq if self.seq16 >= 0 else None,
+            send_lag_us=self._send_lag_us,
+            **fields,
         )
 
 
-class IcmpEchoProber:
+class IcmpEchoProber(DatagramProber[_IcmpProbe]):
     """Probes peers with ICMP echo; see the module docstring.
 
     ``socket_kind`` forces ``"raw"`` or ``"ping"``; ``"auto"`` tries raw, then ping. The
@@ -239,8 +215,7 @@ class IcmpEchoProber:
     ) -> None:
         if socket_kind not in ("auto", "raw", "ping"):
             raise ValueError(f"socket_kind: {socket_kind!r} is not auto, raw or ping")
-        self.bind_addr = bind_addr
-        self._clock = clock
+        super().__init__(bind_addr=bind_addr, clock=clock)
         self._rng = rng
         self._wanted = socket_kind
         self._sock: socket.socket | None = None
@@ -250,17 +225,7 @@ class IcmpEchoProber:
         self._token = rng.getrandbits(32)
         self._seq = rng.getrandbits(32)
         self._unavailable = ""
-        # seq16 -> probe; before expiring, read what waits in the socket (a busy loop's
-        # backlog is not a lost echo).
-        self._outstanding: Deadlines[int, _IcmpProbe] = Deadlines(
-            clock=clock, on_expire=self._on_expired, drain=self._on_readable
-        )
-        self._sources: dict[str, str] = {}
-        self._sent = 0
-        self._answered = 0
-        self._lost = 0
         self._errors = 0
-        self._stray = 0
 
     @property
     def kind(self) -> ProbeKind:
@@ -296,7 +261,7 @@ class IcmpEchoProber:
                 f"icmp unavailable: raw socket: {errno_name(raw_error.errno)} (needs CAP_NET_RAW)"
             )
         if self._sock is not None:
-            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._loop.add_reader(self._sock.fileno(), self._drain)
             logger.info("ICMP probes over a %s socket", self.socket_kind)
         else:
             logger.warning("%s", self._unavailable)  # once: later probes reuse the verdict
@@ -309,7 +274,7 @@ class IcmpEchoProber:
             enable_rx_timestamps(sock)
             wanted = (1 << ICMP_ECHO_REPLY) | (1 << ICMP_UNREACHABLE) | (1 << ICMP_TIME_EXCEEDED)
             sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~wanted & 0xFFFF_FFFF))
-            if self.bind_addr not in ("0.0.0.0", "::"):
+            if self.bind_addr not in WILDCARDS:
                 sock.bind((self.bind_addr, 0))
             self.identifier = self._rng.getrandbits(16)
             # The replies are filtered here anyway; the kernel filter only saves wake-ups.
@@ -334,35 +299,12 @@ class IcmpEchoProber:
             raise
         return sock
 
-    def start(
-        self,
-        peer: Peer,
-        *,
-        timeout_s: float,
-        on_done: OnDone,
-        send_lag_us: float | None = None,
+    def _new_probe(
+        self, peer: Peer, timeout_s: float, on_done: OnDone, send_lag_us: float | None
     ) -> _IcmpProbe:
-        """Send one echo request to ``peer``; ``on_done`` gets the result."""
-        probe = _IcmpProbe(self, peer, on_done, send_lag_us)
-        probe.time_ns = round(self._clock.now_s() * 1e9)
-        try:
-            self._send(probe, timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
-            self._forget(probe)
-            probe.finish(Outcome.ERROR, detail=f"{type(exc).__name__}: {exc}"[:200])
-        return probe
+        return _IcmpProbe(self, peer, timeout_s, on_done, send_lag_us)
 
-    async def probe(
-        self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
-    ) -> ProbeResult:
-        """Probe ``peer`` once; every failure is an outcome, never an exception."""
-        return await probe_via_start(self, peer, timeout_s=timeout_s, send_lag_us=send_lag_us)
-
-    def close(self) -> None:
-        """Close the socket; probes still waiting end as if cancelled."""
-        for probe in self._outstanding.values():
-            probe.cancel()
-        self._outstanding.clear()
+    def _close_sockets(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             if self._loop is not None and not self._loop.is_closed():
@@ -383,7 +325,7 @@ class IcmpEchoProber:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _send(self, probe: _IcmpProbe, timeout_s: float) -> None:
+    def _send(self, probe: _IcmpProbe) -> None:
         peer = probe.peer
         if address_family(peer.address) != socket.AF_INET:
             probe.finish(
@@ -405,7 +347,7 @@ class IcmpEchoProber:
         probe.seq, probe.seq16 = self._seq, seq16
         size = peer.size_bytes or DEFAULT_PAYLOAD_BYTES
         probe.size = size = min(max(size, MIN_PAYLOAD_BYTES), MAX_ICMP_PAYLOAD_BYTES)
-        probe.src_addr = self._source_address(peer.address)
+        probe.src_addr = self._sources.lookup(peer.address, 9)
         # The packet first (its checksum takes a few µs in Python), the send time last: right
         # before the system call, as ping takes it. The payload's time is informational.
         payload = _PAYLOAD.pack(self._token, probe.seq, round(self._clock.now_s() * 1e9))
@@ -416,14 +358,9 @@ class IcmpEchoProber:
         try:
             sock.sendto(packet, (peer.address, 0))
         except OSError as exc:
-            probe.finish(
-                outcome_for_errno(exc.errno),
-                detail=f"{errno_name(exc.errno)}: {exc.strerror or exc}",
-            )
+            probe.fail(exc)
             return
-        self._sent += 1
-        probe.timeout_s = timeout_s
-        self._outstanding.add(seq16, probe, timeout_s)
+        self._sent_waiting(seq16, probe)
 
     def _free_seq16(self) -> int | None:
         if len(self._outstanding) >= 65536:
@@ -434,45 +371,26 @@ class IcmpEchoProber:
             candidate = (self._seq + 1) & 0xFFFF
         return candidate
 
-    def _source_address(self, address: str) -> str:
-        if self.bind_addr not in ("0.0.0.0", "::"):
-            return self.bind_addr
-        found = self._sources.get(address)
-        if found is None:
-            found = route_source(socket.AF_INET, address, 9) or self.bind_addr
-            if len(self._sources) >= 65536:
-                self._sources.clear()
-            self._sources[address] = found
-        return found
-
     # -- receiving --------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
+    def _drain(self) -> None:
         sock = self._sock
         if sock is None:
             return
-        if not self._raw:
-            for _ in range(_MAX_READS_PER_WAKEUP):
-                try:
-                    data, ancillary, _, _ = sock.recvmsg(
-                        65535, ANCILLARY_BYTES, socket.MSG_ERRQUEUE
-                    )
-                except OSError:
-                    break
-                self._on_queued_error(data, ancillary)
-        for _ in range(_MAX_READS_PER_WAKEUP):
-            try:
-                data, ancillary, _, source = sock.recvmsg(65535, ANCILLARY_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # a pending ICMP error (sk_err), read from the error queue above
-            if self._raw:
-                self._on_raw_packet(data, ancillary)
-            else:
-                self._on_icmp_message(data, ancillary, source[0])
+        if self._raw:
+            read_datagrams(sock, 65535, self._on_raw_packet)
+        else:
+            read_error_queue(sock, 65535, self._on_queued_error)
+            read_datagrams(sock, 65535, self._on_ping_reply)
 
-    def _on_raw_packet(self, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> None:
+    def _on_ping_reply(
+        self, data: bytes, ancillary: list[tuple[int, int, bytes]], source: tuple[str, int]
+    ) -> None:
+        self._on_icmp_message(data, ancillary, source[0])
+
+    def _on_raw_packet(
+        self, data: bytes, ancillary: list[tuple[int, int, bytes]], _source: object
+    ) -> None:
         if len(data) < 20:
             self._stray += 1
             return
@@ -532,15 +450,7 @@ class IcmpEchoProber:
             return
         self._forget(probe)
         self._answered += 1
-        clock_us = (now_mono_ns - probe.send_mono_ns) / 1000
-        stamp_ns = rx_timestamp_ns(ancillary)
-        rtt_us = None if stamp_ns is None else (stamp_ns - probe.send_real_ns) / 1000
-        recv_lag_us = None
-        if rtt_us is None or not 0 <= rtt_us <= clock_us + 1000:
-            rtt_us = clock_us  # no stamp, or the wall clock stepped: trust the monotonic one
-        elif stamp_ns is not None:
-            recv_lag_us = max(0.0, (now_real_ns - stamp_ns) / 1000)
-        probe.finish(Outcome.OK, rtt_us=rtt_us, rtt_clock_us=clock_us, recv_lag_us=recv_lag_us)
+        probe.answered(ancillary, now_real_ns, now_mono_ns)
 
     def _on_queued_error(self, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> None:
         error = parse_extended_error(ancillary)

@@ -135,6 +135,11 @@ def errno_name(code: int | None) -> str:
     return errno.errorcode.get(code, f"errno {code}")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """``ECONNREFUSED: Connection refused``: for a probe's detail."""
+    return f"{errno_name(exc.errno)}: {exc.strerror or exc}"
+
+
 def address_family(address: str) -> int | None:
     """``AF_INET`` or ``AF_INET6`` for an IP address literal; ``None`` for anything else.
 
@@ -160,6 +165,17 @@ def wildcard_for(family: int, bind_addr: str) -> str:
     if family == socket.AF_INET6 and bind_addr == "0.0.0.0":
         return "::"
     return bind_addr
+
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def source_for(bound: str, family: int, address: str, port: int) -> str:
+    """The source address of our packets to ``address``: ``bound``, or for a wildcard the one
+    the kernel routes from (the 5-tuple of a failed probe is evidence, PM §5.1)."""
+    if bound not in WILDCARDS:
+        return bound
+    return route_source(family, address, port) or bound
 
 
 def route_source(family: int, address: str, port: int) -> str | None:

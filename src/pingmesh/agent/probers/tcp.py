@@ -39,18 +39,19 @@ import os
 import select
 import socket
 
-from pingmesh.agent.probers import OnDone, Peer, probe_via_start
+from pingmesh.agent.probers import OnDone, Peer, StartingProber
 from pingmesh.agent.probers.deadlines import Deadlines
 from pingmesh.agent.probers.kernel import (
     LINGER_RST,
     TCP_INFO_BYTES,
+    WILDCARDS,
     TcpInfo,
     address_family,
     errno_name,
     outcome_for_errno,
     parse_tcp_info,
     read_tcp_info,
-    route_source,
+    source_for,
     syn_retries_for,
     wildcard_for,
 )
@@ -67,7 +68,6 @@ __all__ = [
     "syn_retries_for",
 ]
 
-_WILDCARDS = ("0.0.0.0", "::")
 TCP_ESTABLISHED = 1  # include/net/tcp_states.h
 TCP_SYN_SENT = 2
 _SYNCNT_CACHE: dict[float, int] = {}
@@ -136,7 +136,7 @@ class _ConnectProbe:
             sock = self._sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, _syncnt(self._timeout_s))
-            if bind_addr not in _WILDCARDS:
+            if bind_addr not in WILDCARDS:
                 # A wildcard bind would cost a port search that connect() does anyway.
                 sock.bind((bind_addr, 0))
             self._start_ns = clock.monotonic_ns()
@@ -157,6 +157,9 @@ class _ConnectProbe:
     def cancel(self) -> None:
         self._settled = True
         self._release()
+
+    def abandon(self, detail: str) -> None:
+        self._finish(Outcome.ERROR, detail=detail)
 
     def _on_writable(self) -> None:
         sock = self._sock
@@ -221,10 +224,9 @@ class _ConnectProbe:
     def _failed_source(self) -> str:
         # Bound to the wildcard, a failed connect leaves no source address on the socket; the
         # 5-tuple of a failed probe is the evidence of a black hole (PM §5.1), so look it up.
-        if self._src_addr not in _WILDCARDS:
-            return self._src_addr
-        family = address_family(self._peer.address) or socket.AF_INET
-        return route_source(family, self._peer.address, self._peer.port) or self._src_addr
+        peer = self._peer
+        family = address_family(peer.address) or socket.AF_INET
+        return source_for(self._src_addr, family, peer.address, peer.port)
 
     def _finish(
         self,
@@ -270,7 +272,7 @@ class _ConnectProbe:
             self._sock = None
 
 
-class TcpConnectProber:
+class TcpConnectProber(StartingProber):
     """Measures the TCP handshake RTT to a peer; see the module docstring."""
 
     def __init__(self, *, bind_addr: str = "0.0.0.0", clock: Clock) -> None:
@@ -286,27 +288,10 @@ class TcpConnectProber:
     def kind(self) -> ProbeKind:
         return ProbeKind.TCP
 
-    def start(
-        self,
-        peer: Peer,
-        *,
-        timeout_s: float,
-        on_done: OnDone,
-        send_lag_us: float | None = None,
+    def _new_probe(
+        self, peer: Peer, timeout_s: float, on_done: OnDone, send_lag_us: float | None
     ) -> _ConnectProbe:
-        """Start one connect probe; ``on_done`` gets its result."""
-        probe = _ConnectProbe(self, peer, timeout_s, on_done, send_lag_us)
-        try:
-            probe.begin()
-        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
-            probe._finish(Outcome.ERROR, detail=f"{type(exc).__name__}: {exc}")
-        return probe
-
-    async def probe(
-        self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
-    ) -> ProbeResult:
-        """Connect to ``peer`` once; every failure is an outcome, never an exception."""
-        return await probe_via_start(self, peer, timeout_s=timeout_s, send_lag_us=send_lag_us)
+        return _ConnectProbe(self, peer, timeout_s, on_done, send_lag_us)
 
     def close(self) -> None:
         """Cancel the probes still waiting and close the private epoll set."""

@@ -20,9 +20,7 @@ that differs from the request, or ends early, is ``bad_reply``.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable
 from functools import partial
 
 from pingmesh.agent.echo_wire import (
@@ -35,8 +33,7 @@ from pingmesh.agent.echo_wire import (
     tcp_size,
 )
 from pingmesh.agent.probers import Peer
-from pingmesh.agent.probers.kernel import address_family, errno_name, outcome_for_errno
-from pingmesh.agent.probers.stream import ProbeStream
+from pingmesh.agent.probers.stream import StreamProbe, run_stream_probe
 from pingmesh.clock import Clock
 from pingmesh.core.probe import Outcome, ProbeKind, ProbeResult
 
@@ -60,87 +57,23 @@ class TcpEchoProber:
         self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
     ) -> ProbeResult:
         """Echo ``size_bytes`` off ``peer`` once; failures are outcomes, never exceptions."""
-        time_ns = round(self._clock.now_s() * 1e9)
         size = tcp_size(peer.size_bytes)
-        make = partial(
-            ProbeResult,
-            time_ns=time_ns,
-            dst=peer.name,
-            dst_addr=peer.address,
-            dst_port=peer.port,
+        return await run_stream_probe(
+            peer,
             kind=ProbeKind.TCP_ECHO,
-            scope=peer.scope,
-            size_bytes=size,
+            clock=self._clock,
+            bind_addr=self.bind_addr,
+            timeout_s=timeout_s,
             send_lag_us=send_lag_us,
+            exchange=partial(self._exchange, size=size),
+            timeout_detail="no {stage} within {timeout_s:g} s",
+            size_bytes=size,
         )
-        family = address_family(peer.address)
-        if family is None:
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
-                outcome=Outcome.ERROR,
-                detail=f"peer address {peer.address!r} is not an IP address",
-            )
-        stage = "connect"
-        try:
-            with ProbeStream(family, self.bind_addr, timeout_s) as stream:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        start_ns = self._clock.monotonic_ns()
-                        await stream.connect(peer.address, peer.port)
-                        connect_clock_us = (self._clock.monotonic_ns() - start_ns) / 1000
-                        info = stream.tcp_info()
-                        connect_us = (
-                            float(info.rtt_us) if info and info.rtt_us > 0 else connect_clock_us
-                        )
-                        stage = "echo"
-                        return await self._exchange(stream, size, connect_us, make)
-                except TimeoutError:
-                    info = stream.tcp_info()
-                    src = stream.src_addr
-                    if stage == "connect":
-                        src = stream.failed_source(peer.address, peer.port)
-                    return make(
-                        src_addr=src,
-                        src_port=stream.src_port,
-                        outcome=Outcome.TIMEOUT,
-                        retransmits=info.total_retrans if info else 0,
-                        detail=f"no {stage} within {timeout_s:g} s",
-                    )
-                except OSError as exc:
-                    info = stream.tcp_info()
-                    src = stream.src_addr
-                    if stage == "connect":
-                        src = stream.failed_source(peer.address, peer.port)
-                    return make(
-                        src_addr=src,
-                        src_port=stream.src_port,
-                        outcome=outcome_for_errno(exc.errno),
-                        retransmits=info.total_retrans if info else 0,
-                        detail=f"{stage}: {errno_name(exc.errno)}: {exc.strerror or exc}"[:200],
-                    )
-        except OSError as exc:  # the socket itself could not be set up (bind, EMFILE…)
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
-                outcome=outcome_for_errno(exc.errno),
-                detail=f"socket: {errno_name(exc.errno)}: {exc.strerror or exc}"[:200],
-            )
-        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
-            return make(
-                src_addr=self.bind_addr,
-                src_port=0,
-                outcome=Outcome.ERROR,
-                detail=f"{type(exc).__name__}: {exc}"[:200],
-            )
 
-    async def _exchange(
-        self,
-        stream: ProbeStream,
-        size: int,
-        connect_us: float,
-        make: Callable[..., ProbeResult],
-    ) -> ProbeResult:
+    async def _exchange(self, probe: StreamProbe, *, size: int) -> ProbeResult:
+        connect_us = await probe.connect()
+        probe.stage = "echo"
+        stream = probe.stream
         nonce = self._rng.getrandbits(64)
         request = tcp_request(nonce, size)
         expected = size + TCP_TRAILER_BYTES
@@ -155,14 +88,7 @@ class TcpEchoProber:
             reply += chunk
         done_mono_ns = self._clock.monotonic_ns()
         now_real_ns = round(self._clock.now_s() * 1e9)
-        info = stream.tcp_info()
-        done = partial(
-            make,
-            src_addr=stream.src_addr,
-            src_port=stream.src_port,
-            retransmits=info.total_retrans if info else 0,
-            connect_us=connect_us,
-        )
+        done = partial(probe.result, connect_us=connect_us)
         if len(reply) != expected:
             return done(
                 outcome=Outcome.BAD_REPLY,

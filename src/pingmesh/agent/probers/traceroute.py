@@ -35,6 +35,7 @@ from pingmesh.agent.probers.kernel import (
     IP_RECVERR,
     LINGER_RST,
     SO_EE_ORIGIN_ICMP,
+    describe_os_error,
     errno_name,
     parse_extended_error,
 )
@@ -89,48 +90,29 @@ class TcpTraceroute:
         port = src_port or 0
         src_addr = self.bind_addr
         silent = 0
+        reached = False
+        detail = f"not reached within {max_hops} hops"
         for ttl in range(1, max_hops + 1):
             try:
                 hop, src_addr, port = await self._hop(dst_addr, dst_port, port, ttl)
             except OSError as exc:
-                detail = f"ttl {ttl}: {errno_name(exc.errno)}: {exc.strerror or exc}"
+                detail = f"ttl {ttl}: {describe_os_error(exc)}"
                 if exc.errno == errno.EADDRINUSE:
                     detail = f"source port {port} is in use: {detail}"
-                return Trace(
-                    src_addr=src_addr,
-                    src_port=port,
-                    hops=tuple(hops),
-                    reached=False,
-                    detail=detail[:200],
-                )
+                break
             hops.append(hop)
             if hop.reached:
-                return Trace(
-                    src_addr=src_addr, src_port=port, hops=tuple(hops), reached=True, detail=""
-                )
+                reached, detail = True, ""
+                break
             if hop.unreachable:
-                return Trace(
-                    src_addr=src_addr,
-                    src_port=port,
-                    hops=tuple(hops),
-                    reached=False,
-                    detail=f"unreachable, said {hop.address} at ttl {ttl}",
-                )
+                detail = f"unreachable, said {hop.address} at ttl {ttl}"
+                break
             silent = silent + 1 if hop.address is None else 0
             if silent >= self._max_silent:
-                return Trace(
-                    src_addr=src_addr,
-                    src_port=port,
-                    hops=tuple(hops),
-                    reached=False,
-                    detail=f"{silent} silent hops in a row",
-                )
+                detail = f"{silent} silent hops in a row"
+                break
         return Trace(
-            src_addr=src_addr,
-            src_port=port,
-            hops=tuple(hops),
-            reached=False,
-            detail=f"not reached within {max_hops} hops",
+            src_addr=src_addr, src_port=port, hops=tuple(hops), reached=reached, detail=detail[:200]
         )
 
     async def _hop(

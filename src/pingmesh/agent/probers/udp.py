@@ -37,26 +37,27 @@ import errno
 import random
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from pingmesh.agent.echo_wire import UDP_REPLY, parse_udp, udp_request, udp_size
-from pingmesh.agent.probers import OnDone, Peer, probe_via_start
-from pingmesh.agent.probers.deadlines import Deadlines
+from pingmesh.agent.probers import OnDone, Peer
+from pingmesh.agent.probers.datagram import (
+    DatagramProbe,
+    DatagramProber,
+    read_datagrams,
+    read_error_queue,
+)
 from pingmesh.agent.probers.kernel import (
-    ANCILLARY_BYTES,
     IP_RECVERR,
     address_family,
     enable_rx_timestamps,
-    errno_name,
-    outcome_for_errno,
     parse_extended_error,
-    rx_timestamp_ns,
     wildcard_for,
 )
 from pingmesh.clock import Clock
 from pingmesh.core.probe import MAX_UDP_PAYLOAD_BYTES, Outcome, ProbeKind, ProbeResult
 
 _RECV_BYTES = MAX_UDP_PAYLOAD_BYTES + 1
-_MAX_READS_PER_WAKEUP = 256
 _RECENT = 8192  # sequence numbers remembered after their probe ended (dup / late detection)
 _PER_PEER_CAP = 65536
 _ICMP_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
@@ -88,66 +89,41 @@ class _PortSocket:
         self.outstanding = 0
 
 
-class _UdpProbe:
-    __slots__ = (
-        "_on_done",
-        "_prober",
-        "_send_lag_us",
-        "peer",
-        "port_socket",
-        "send_mono_ns",
-        "send_real_ns",
-        "seq",
-        "size",
-        "time_ns",
-        "timeout_s",
-    )
+class _UdpProbe(DatagramProbe["UdpEchoProber"]):
+    __slots__ = ("port_socket",)
 
     def __init__(
-        self, prober: UdpEchoProber, peer: Peer, on_done: OnDone, send_lag_us: float | None
+        self,
+        prober: UdpEchoProber,
+        peer: Peer,
+        timeout_s: float,
+        on_done: OnDone,
+        send_lag_us: float | None,
     ) -> None:
-        self._prober = prober
-        self.peer = peer
-        self._on_done: OnDone | None = on_done
-        self._send_lag_us = send_lag_us
+        super().__init__(prober, peer, timeout_s, on_done, send_lag_us)
         self.port_socket: _PortSocket | None = None
-        self.seq = 0
-        self.size = 0
-        self.time_ns = 0
-        self.send_real_ns = 0
-        self.send_mono_ns = 0
-        self.timeout_s = 0.0
 
-    def cancel(self) -> None:
-        self._prober._forget(self, answered=None)
-        self._on_done = None
-
-    def finish(self, outcome: Outcome, **fields: object) -> None:
-        on_done, self._on_done = self._on_done, None
-        if on_done is None:
-            return
+    def _result(self, outcome: Outcome, fields: dict[str, Any]) -> ProbeResult:
         peer = self.peer
         port_socket = self.port_socket
-        on_done(
-            ProbeResult(
-                time_ns=self.time_ns,
-                src_addr=self._prober.source_address(peer),
-                src_port=port_socket.port if port_socket is not None else 0,
-                dst=peer.name,
-                dst_addr=peer.address,
-                dst_port=peer.port,
-                kind=ProbeKind.UDP,
-                scope=peer.scope,
-                outcome=outcome,
-                size_bytes=self.size,
-                seq=self.seq,
-                send_lag_us=self._send_lag_us,
-                **fields,  # type: ignore[arg-type]
-            )
+        return ProbeResult(
+            time_ns=self.time_ns,
+            src_addr=self._prober._sources.lookup(peer.address, peer.port),
+            src_port=port_socket.port if port_socket is not None else 0,
+            dst=peer.name,
+            dst_addr=peer.address,
+            dst_port=peer.port,
+            kind=ProbeKind.UDP,
+            scope=peer.scope,
+            outcome=outcome,
+            size_bytes=self.size,
+            seq=self.seq,
+            send_lag_us=self._send_lag_us,
+            **fields,
         )
 
 
-class UdpEchoProber:
+class UdpEchoProber(DatagramProber[_UdpProbe]):
     """Probes peers with UDP echo datagrams; see the module docstring."""
 
     def __init__(
@@ -163,8 +139,7 @@ class UdpEchoProber:
             raise ValueError(f"source_ports: {source_ports} is not >= 1")
         if not 0 <= rotate_fraction_per_hour < float("inf"):
             raise ValueError(f"rotate_fraction_per_hour: {rotate_fraction_per_hour} is not >= 0")
-        self.bind_addr = bind_addr
-        self._clock = clock
+        super().__init__(bind_addr=bind_addr, clock=clock)
         self._rng = rng
         self.source_ports = source_ports
         self._rotate_every_ns = (
@@ -177,21 +152,13 @@ class UdpEchoProber:
         self._next_rotation_ns: int | None = None
         self._rotation_index = 0
         self._seq = rng.getrandbits(32)
-        self._outstanding: Deadlines[int, _UdpProbe] = Deadlines(
-            clock=clock, on_expire=self._on_expired, drain=self._drain
-        )
         # seq -> True (answered) / False (timed out), for duplicates and late answers.
         self._recent: collections.OrderedDict[int, bool] = collections.OrderedDict()
         self._next_port: dict[tuple[str, int], int] = {}
         self._highest: dict[tuple[str, int], int] = {}
-        self._sources: dict[str, str] = {}
-        self._sent = 0
-        self._answered = 0
-        self._lost = 0
         self._duplicates = 0
         self._reordered = 0
         self._late = 0
-        self._stray = 0
         self._corrupted = 0
         self._rotations = 0
 
@@ -199,36 +166,14 @@ class UdpEchoProber:
     def kind(self) -> ProbeKind:
         return ProbeKind.UDP
 
-    def start(
-        self,
-        peer: Peer,
-        *,
-        timeout_s: float,
-        on_done: OnDone,
-        send_lag_us: float | None = None,
+    def _new_probe(
+        self, peer: Peer, timeout_s: float, on_done: OnDone, send_lag_us: float | None
     ) -> _UdpProbe:
-        """Send one echo request to ``peer``; ``on_done`` gets the result."""
-        probe = _UdpProbe(self, peer, on_done, send_lag_us)
-        probe.time_ns = round(self._clock.now_s() * 1e9)
+        probe = _UdpProbe(self, peer, timeout_s, on_done, send_lag_us)
         probe.size = udp_size(peer.size_bytes)
-        try:
-            self._send(probe, timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a probe never raises; keep the why as data
-            self._forget(probe, answered=None)
-            probe.finish(Outcome.ERROR, detail=f"{type(exc).__name__}: {exc}"[:200])
         return probe
 
-    async def probe(
-        self, peer: Peer, *, timeout_s: float, send_lag_us: float | None = None
-    ) -> ProbeResult:
-        """Probe ``peer`` once; every failure is an outcome, never an exception."""
-        return await probe_via_start(self, peer, timeout_s=timeout_s, send_lag_us=send_lag_us)
-
-    def close(self) -> None:
-        """Close every socket; probes still waiting end as if cancelled."""
-        for probe in self._outstanding.values():
-            probe.cancel()
-        self._outstanding.clear()
+    def _close_sockets(self) -> None:
         for pool in self._pools.values():
             for port_socket in pool:
                 self._close_socket(port_socket)
@@ -250,27 +195,9 @@ class UdpEchoProber:
             rotations=self._rotations,
         )
 
-    def source_address(self, peer: Peer) -> str:
-        """The address our datagrams to ``peer`` leave from (looked up once per peer)."""
-        if self.bind_addr not in ("0.0.0.0", "::"):
-            return self.bind_addr
-        found = self._sources.get(peer.address)
-        if found is None:
-            family = address_family(peer.address) or socket.AF_INET
-            try:
-                with socket.socket(family, socket.SOCK_DGRAM) as udp:
-                    udp.connect((peer.address, peer.port))
-                    found = str(udp.getsockname()[0])
-            except OSError:
-                found = self.bind_addr
-            if len(self._sources) >= _PER_PEER_CAP:
-                self._sources.clear()
-            self._sources[peer.address] = found
-        return found
-
     # -- sending ----------------------------------------------------------------------------
 
-    def _send(self, probe: _UdpProbe, timeout_s: float) -> None:
+    def _send(self, probe: _UdpProbe) -> None:
         peer = probe.peer
         family = address_family(peer.address)
         if family is None:
@@ -304,15 +231,10 @@ class UdpEchoProber:
                 # that probe will find it) is reported by the next send: send again.
                 port_socket.sock.sendto(datagram, key)
         except OSError as exc:
-            probe.finish(
-                outcome_for_errno(exc.errno),
-                detail=f"{errno_name(exc.errno)}: {exc.strerror or exc}",
-            )
+            probe.fail(exc)
             return
-        self._sent += 1
         port_socket.outstanding += 1
-        probe.timeout_s = timeout_s
-        self._outstanding.add(seq, probe, timeout_s)
+        self._sent_waiting(seq, probe)
         self._maybe_rotate(family)
 
     def _clock_real_ns(self) -> int:
@@ -376,24 +298,8 @@ class UdpEchoProber:
 
     def _on_readable(self, port_socket: _PortSocket) -> None:
         sock = port_socket.sock
-        for _ in range(_MAX_READS_PER_WAKEUP):
-            try:
-                data, ancillary, _, _ = sock.recvmsg(
-                    _RECV_BYTES, ANCILLARY_BYTES, socket.MSG_ERRQUEUE
-                )
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            self._on_error(data, ancillary)
-        for _ in range(_MAX_READS_PER_WAKEUP):
-            try:
-                data, ancillary, _, source = sock.recvmsg(_RECV_BYTES, ANCILLARY_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # a pending ICMP error (sk_err), already read from the error queue
-            self._on_datagram(data, ancillary, source)
+        read_error_queue(sock, _RECV_BYTES, self._on_error)
+        read_datagrams(sock, _RECV_BYTES, self._on_datagram)
 
     def _on_error(self, data: bytes, ancillary: list[tuple[int, int, bytes]]) -> None:
         error = parse_extended_error(ancillary)
@@ -448,21 +354,11 @@ class UdpEchoProber:
             if len(self._highest) >= _PER_PEER_CAP:
                 self._highest.clear()
             self._highest[key] = echo.seq
-        clock_us = (now_mono_ns - probe.send_mono_ns) / 1000
-        dwell_us = echo.dwell_ns / 1000
-        stamp_ns = rx_timestamp_ns(ancillary)
-        wire_us = None if stamp_ns is None else (stamp_ns - probe.send_real_ns) / 1000
-        recv_lag_us = None
-        if wire_us is None or not 0 <= wire_us <= clock_us + 1000:
-            wire_us = clock_us  # no stamp, or the wall clock stepped: trust the monotonic one
-        elif stamp_ns is not None:
-            recv_lag_us = max(0.0, (now_real_ns - stamp_ns) / 1000)
-        probe.finish(
-            Outcome.OK,
-            rtt_us=max(0.0, wire_us - dwell_us),
-            rtt_clock_us=clock_us,
-            dwell_us=dwell_us,
-            recv_lag_us=recv_lag_us,
+        probe.answered(
+            ancillary,
+            now_real_ns,
+            now_mono_ns,
+            dwell_us=echo.dwell_ns / 1000,
             detail="reordered" if reordered else "",
         )
 
@@ -480,7 +376,7 @@ class UdpEchoProber:
         self._lost += 1
         probe.finish(Outcome.TIMEOUT, detail=f"no echo within {probe.timeout_s:g} s")
 
-    def _forget(self, probe: _UdpProbe, *, answered: bool | None) -> None:
+    def _forget(self, probe: _UdpProbe, *, answered: bool | None = None) -> None:
         """Take ``probe`` off the books; remember its seq as answered / timed out."""
         if self._outstanding.get(probe.seq) is not probe:
             return
