@@ -7,7 +7,9 @@ Set-up, all on loopback: one responder agent (``pingmesh agent``, empty pinglist
 0.0.0.0:P; the measured agent probes 2,500 distinct 127.x.y.1 addresses on port P, each every
 10 s, and records every probe — to a results file (``--mode standalone``) or by uploading
 batches to a small stub controller in this process (``--mode controller``; issue 7's
-bandwidth sampler is switched off there, so the figure is the prober's alone). CPU is read
+bandwidth sampler is switched off there, so the figure is the prober's alone, unless
+``--bandwidth`` turns the sampler and its uplink on, reporting over HTTP to the stub, or
+``--quic`` also sends every upload over QUIC to a listener in this process). CPU is read
 from ``/proc/PID/stat`` over the measurement window after a warm-up; the peak RSS is VmHWM.
 
 On loopback the kernel's handling of the *responder's* side of each handshake runs in the
@@ -48,6 +50,7 @@ class _Stub(BaseHTTPRequestHandler):
     pinglist = b""
     records = 0
     batches = 0
+    bandwidth_reports = 0
 
     def do_GET(self) -> None:
         if self.path.startswith("/api/v1/pinglist/"):
@@ -57,14 +60,11 @@ class _Stub(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        if self.path == "/api/v1/results":
-            _Stub.records += body.count(b'"outcome"')
-            _Stub.batches += 1
-            batch_id = json.loads(body)["batch_id"]
-            ack = {"batch_id": batch_id, "accepted": 0, "duplicate": False}
-            self._answer(200, json.dumps(ack).encode())
-        else:
+        handler = _ANSWERS.get(self.path)
+        if handler is None:
             self._answer(404, b"{}")
+        else:
+            self._answer(*handler(body))
 
     def log_message(self, *_: object) -> None:
         return
@@ -75,6 +75,54 @@ class _Stub(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _results(body: bytes) -> tuple[int, bytes]:
+    _Stub.records += body.count(b'"outcome"')
+    _Stub.batches += 1
+    ack = {"batch_id": json.loads(body)["batch_id"], "accepted": 0, "duplicate": False}
+    return 200, json.dumps(ack).encode()
+
+
+def _bandwidth(body: bytes) -> tuple[int, bytes]:
+    reports = len(json.loads(body)["reports"])
+    _Stub.bandwidth_reports += reports
+    return 200, json.dumps({"accepted": reports, "duplicate": 0}).encode()
+
+
+_ANSWERS = {"/api/v1/results": _results, "/api/v1/bandwidth": _bandwidth}
+
+
+def _start_quic(work: Path) -> tuple[int, Path, str]:
+    """A QUIC listener (the server's) in a thread: (port, CA file, token of agent "bench")."""
+    import asyncio  # noqa: PLC0415 - only with --quic
+    import datetime as dt  # noqa: PLC0415
+
+    from pingmesh.server.quic import AgentIdentity, Handler, QuicListener  # noqa: PLC0415
+    from pingmesh.server.tls import prepare_quic_security  # noqa: PLC0415
+
+    security = prepare_quic_security(
+        tls_dir=work / "tls", hosts=("127.0.0.1",), now=dt.datetime.now(dt.UTC)
+    )
+
+    def handler(path: str) -> Handler:
+        async def handle(body: bytes, _who: AgentIdentity) -> tuple[int, bytes]:
+            return _ANSWERS[path](body)
+
+        return handle
+
+    listener = QuicListener(
+        host="127.0.0.1",
+        port=0,
+        certificate=security.certificate,
+        private_key=security.private_key,
+        authenticator=security.authenticator,
+        handlers={path: handler(path) for path in _ANSWERS},
+    )
+    listener.bind()
+    threading.Thread(target=lambda: asyncio.run(listener.serve()), daemon=True).start()
+    assert security.ca_certificate is not None
+    return listener.port, security.ca_certificate, security.authenticator.token_for("bench")
 
 
 def main() -> None:
@@ -88,7 +136,19 @@ def main() -> None:
     parser.add_argument(
         "--tick", type=float, default=None, help="probe_tick_s (default: the agent's)"
     )
+    parser.add_argument(
+        "--bandwidth",
+        action="store_true",
+        help="controller mode: the bandwidth sampler and its uplink on (reports over HTTP)",
+    )
+    parser.add_argument(
+        "--quic",
+        action="store_true",
+        help="controller mode: as --bandwidth, and every upload over QUIC (aioquic loaded)",
+    )
     args = parser.parse_args()
+    if (args.bandwidth or args.quic) and args.mode != "controller":
+        parser.error("--bandwidth and --quic need --mode controller")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,8 +182,17 @@ def main() -> None:
             threading.Thread(target=server.serve_forever, daemon=True).start()
             url = f"http://127.0.0.1:{server.server_address[1]}"
             source = ["--controller", url, "--name", "bench"]
-            config["bandwidth"] = {"enabled": False}
+            config["bandwidth"] = {"enabled": args.bandwidth or args.quic}
             config["task_poll_s"] = 10.0
+            if args.quic:
+                quic_port, ca_file, token = _start_quic(work)
+                (work / "bench.token").write_text(token + "\n")
+                config["transport"] = {
+                    "quic": f"127.0.0.1:{quic_port}",
+                    "ca_file": str(ca_file),
+                    "token_file": str(work / "bench.token"),
+                    "fallback_http": False,  # measure QUIC, not a silent fallback
+                }
         agent = start(
             agent_argv(
                 *source,
@@ -160,7 +229,11 @@ def main() -> None:
         lag_count = total(after, "pingmesh_agent_loop_lag_seconds_count") - total(
             before, "pingmesh_agent_loop_lag_seconds_count"
         )
-        print(f"# mode={args.mode} kind={args.kind} peers={args.peers} interval={args.interval}s")
+        uplink = "quic" if args.quic else "http" if args.bandwidth else "off"
+        print(
+            f"# mode={args.mode} kind={args.kind} peers={args.peers} interval={args.interval}s"
+            f" bandwidth={uplink if args.mode == 'controller' else 'off'}"
+        )
         print(f"# measured {elapsed:.1f} s after {args.warmup:g} s warm-up; load {load_average()}")
         figure("agent_cpu_percent_of_one_core", 100 * (cpu1 - cpu0) / elapsed, "%")
         figure("agent_peak_rss", memory["VmHWM"] / 1024, "MiB")
@@ -172,6 +245,13 @@ def main() -> None:
         figure("responder_cpu_percent_of_one_core", 100 * (rcpu1 - rcpu0) / elapsed, "%")
         if args.mode == "controller":
             figure("records_uploaded", _Stub.records, "records")
+        if args.bandwidth or args.quic:
+            figure("bandwidth_reports_received", _Stub.bandwidth_reports, "reports")
+            figure(
+                "agent_quic_requests",
+                total(after, "pingmesh_agent_uplink_quic_requests_total"),
+                "requests",
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
     │   └── BatchError          a result batch that cannot be accepted
     ├── UnknownServerError      a server that the topology does not name
     ├── ControllerError         the controller could not be reached or answered badly
+    │   └── TransportError      the agent's QUIC connection could not carry a request
+    │       └── AuthenticationError   the server refused the agent's token
     ├── StoreError              the raw store or the results database failed
     ├── NotifyError             a notifier (SMTP, webhook) could not deliver an alert
     └── LabError                the fault lab could not be built, changed or removed
@@ -70,6 +72,18 @@ class UnknownServerError(PingmeshError):
 
 class ControllerError(PingmeshError):
     """The controller could not be reached, or answered with something unusable."""
+
+
+class TransportError(ControllerError):
+    """The QUIC connection could not carry a request (the caller may fall back or retry).
+
+    A :class:`ControllerError`, so every caller of the agent's HTTP client already treats it
+    as "the server is not reachable now, retry later".
+    """
+
+
+class AuthenticationError(TransportError):
+    """The server refused the agent's identity (wrong token, or not this agent's)."""
 
 
 class StoreError(PingmeshError):

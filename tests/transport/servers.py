@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from pingmesh.agent.bandwidth import BandwidthReport, InterfaceRate
 from pingmesh.clock import SystemClock
 from pingmesh.server.quic import AgentIdentity, Handler, QuicListener
 from pingmesh.server.tls import QuicSecurity, prepare_quic_security
@@ -105,3 +111,87 @@ class IngestServer:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+def bandwidth_report(seq: int) -> BandwidthReport:
+    """Report ``seq`` of eth0: 1000 + seq bytes received, seq sent, at 1.8e9 + seq s."""
+    end = 1_800_000_000.0 + seq
+    return BandwidthReport(
+        seq=seq,
+        start_s=end - 1,
+        end_s=end,
+        interfaces=(
+            InterfaceRate(
+                interface="eth0",
+                interval_s=1.0,
+                rx_bytes=1000 + seq,
+                tx_bytes=seq,
+                rx_packets=1,
+                tx_packets=1 if seq else 0,
+                rx_peak_bytes_per_s=1000.0 + seq,
+                tx_peak_bytes_per_s=float(seq),
+            ),
+        ),
+    )
+
+
+class ServerProcess:
+    """``pingmesh server --quic-listen`` as a real process, on fixed ports so that a restart is
+    the same server; its topology names one server, ``h1`` (127.0.0.1)."""
+
+    def __init__(self, data: Path, db: str | None = None) -> None:
+        self.data = data
+        self.http_port = free_port(socket.SOCK_STREAM)
+        self.quic_port = free_port(socket.SOCK_DGRAM)
+        self.url = f"http://{HOST}:{self.http_port}"
+        topology = data / "topology.yaml"
+        data.mkdir(parents=True, exist_ok=True)
+        topology.write_text(
+            "servers:\n  - {name: h1, address: 127.0.0.1, dc: dc1, podset: ps1, tor: t1}\n"
+        )
+        self.args = [
+            sys.executable,
+            "-m",
+            "pingmesh",
+            "--log-level",
+            "warning",
+            "server",
+            "--topology",
+            str(topology),
+            "--data",
+            str(data),
+            "--listen",
+            f"{HOST}:{self.http_port}",
+            "--quic-listen",
+            f"{HOST}:{self.quic_port}",
+        ]
+        if db is not None:
+            self.args += ["--db", db]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with (self.data / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=os.environ.copy()
+            )
+        async with httpx.AsyncClient() as client, asyncio.timeout(60):
+            while True:
+                assert self.process.poll() is None, (self.data / "server.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/api/v1/agents")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

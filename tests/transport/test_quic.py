@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pingmesh.agent.transport.quic import AuthenticationError, QuicClient, TransportError
+from pingmesh.agent.transport.quic import QuicClient
+from pingmesh.errors import AuthenticationError, TransportError
 from pingmesh.server.quic import QuicListener
 from pingmesh.server.tls import QuicSecurity
 from tests.transport.servers import HOST, IngestServer, echo, free_port, make_security

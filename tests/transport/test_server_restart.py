@@ -12,33 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pingmesh.agent.bandwidth import BandwidthReport, BandwidthSampler, InterfaceCounters
-from pingmesh.agent.transport.http import QuicFallbackTransport
+from pingmesh.agent.http_client import H11Client
+from pingmesh.agent.transport.http import QuicFallbackClient
 from pingmesh.agent.transport.quic import QuicClient
 from pingmesh.agent.transport.spool import BandwidthSpool
 from pingmesh.clock import SystemClock
 from pingmesh.server.tls import agent_token, load_secret
 from pingmesh.store.bandwidth import BandwidthStore
 from pingmesh.store.results import ResultsDB
-from tests.transport.servers import HOST, free_port
+from tests.transport.servers import HOST, ServerProcess
 
 pytestmark = pytest.mark.slow
 
 AGENT = "h1"
-TOPOLOGY = f"servers:\n  - {{name: {AGENT}, address: 127.0.0.1, dc: dc1, podset: ps1, tor: t1}}\n"
 
 
 class MovingCounters:
@@ -61,65 +55,6 @@ class MovingCounters:
                 tx_packets=self.packets,
             )
         }
-
-
-class ServerProcess:
-    """``pingmesh server`` on fixed ports, so that a restart is the same server."""
-
-    def __init__(self, data: Path, db: str | None) -> None:
-        self.data = data
-        self.http_port = free_port(socket.SOCK_STREAM)
-        self.quic_port = free_port(socket.SOCK_DGRAM)
-        self.url = f"http://{HOST}:{self.http_port}"
-        topology = data / "topology.yaml"
-        data.mkdir(parents=True, exist_ok=True)
-        topology.write_text(TOPOLOGY)
-        self.args = [
-            sys.executable,
-            "-m",
-            "pingmesh",
-            "--log-level",
-            "warning",
-            "server",
-            "--topology",
-            str(topology),
-            "--data",
-            str(data),
-            "--listen",
-            f"{HOST}:{self.http_port}",
-            "--quic-listen",
-            f"{HOST}:{self.quic_port}",
-        ]
-        if db is not None:
-            self.args += ["--db", db]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with (self.data / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=os.environ.copy()
-            )
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                assert self.process.poll() is None, (self.data / "server.log").read_text()
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/api/v1/agents")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -160,9 +95,9 @@ async def test_killed_and_restarted_server_gets_every_report_once_with_fresh_fig
         request_timeout_s=2.0,
     )
     clock = SystemClock()
-    transport = QuicFallbackTransport(
+    transport = QuicFallbackClient(
         quic=quic,
-        http=httpx.AsyncHTTPTransport(),
+        http=H11Client(),
         clock=clock,
         rng=random.Random(7),
         agent=AGENT,
@@ -172,9 +107,9 @@ async def test_killed_and_restarted_server_gets_every_report_once_with_fresh_fig
         backoff_max_s=0.3,
     )
     made: list[BandwidthReport] = []
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with contextlib.aclosing(transport):
         spool = BandwidthSpool(
-            client=client,
+            client=transport,
             server=server.url,
             agent=AGENT,
             alias="restart test",

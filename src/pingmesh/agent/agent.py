@@ -35,7 +35,7 @@ import random
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -140,12 +140,7 @@ def _needs_uplink(config: AgentConfig) -> bool:
     """Issue 7's uplink (QUIC uploads, bandwidth sampler): only when configured."""
     if config.controller is None:
         return False
-    transport = getattr(config, "transport", None)
-    bandwidth = getattr(config, "bandwidth", None)
-    return bool(
-        (transport is not None and transport.quic is not None)
-        or (bandwidth is not None and bandwidth.enabled)
-    )
+    return config.transport.quic is not None or config.bandwidth.enabled
 
 
 class Agent:
@@ -257,7 +252,7 @@ class Agent:
             if self.config.controller is not None:
                 client = self._http_client
                 if client is None:
-                    client = await self._make_client(stack)
+                    client = self._make_client(stack)
                 self._build_controller_components(client)
             if self.results_file is not None:
                 self.results_file.open()
@@ -352,25 +347,13 @@ class Agent:
         """The Prometheus text exposition of :meth:`statistics`, now."""
         return render_agent_metrics(self.statistics())
 
-    async def _make_client(self, stack: contextlib.AsyncExitStack) -> HttpClient:
-        if self.uplink is None:
-            client: HttpClient = H11Client(ssl_context=None)
-            stack.push_async_callback(client.aclose)
-            return client
-        import httpx  # noqa: PLC0415 - only agents with an uplink pay for httpx
-
-        from pingmesh import __version__  # noqa: PLC0415
-        from pingmesh.agent.http_client import HttpxClient  # noqa: PLC0415
-
-        raw: Any = await stack.enter_async_context(
-            httpx.AsyncClient(
-                headers={"User-Agent": f"pingmesh-agent/{__version__}"},
-                timeout=self.config.upload_timeout_s,
-                transport=self.uplink.http_transport(),
-            )
-        )
-        self.uplink.attach(raw)
-        return HttpxClient(raw)
+    def _make_client(self, stack: contextlib.AsyncExitStack) -> HttpClient:
+        client: HttpClient = H11Client(ssl_context=None)
+        if self.uplink is not None:
+            # The uplink reuses this client (no second HTTP stack: PM §3.4.2's memory budget).
+            client = self.uplink.attach(client)
+        stack.push_async_callback(client.aclose)
+        return client
 
     async def _listen(self, stack: contextlib.AsyncExitStack) -> None:
         listeners: list[tuple[str, Responder | UdpResponder | MetricsServer]] = [

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 client for the agent's few requests (pinglist, results, tasks).
+"""A small HTTP/1.1 client for the agent's few requests (pinglist, results, tasks, bandwidth).
 
 Why not httpx: the agent must stay within Pingmesh's budget (under 45 MB on every server,
 PM §3.4.2), and importing httpx (with its CLI dependencies) costs more memory than the rest
@@ -21,7 +21,7 @@ import contextlib
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -264,47 +264,3 @@ def _split(url: str) -> tuple[_Origin, str]:
 def _close(conn: _Connection) -> None:
     with contextlib.suppress(Exception):
         conn.writer.close()
-
-
-class HttpxClient:
-    """:class:`HttpClient` over an ``httpx.AsyncClient`` (used when issue 7's uplink, which
-    plugs in as an httpx transport, carries the agent's uploads over QUIC)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
-        timeout_s: float,
-        max_body_bytes: int = 1024 * 1024,
-    ) -> HttpResponse:
-        """One request; see :class:`HttpClient`."""
-        import httpx  # noqa: PLC0415 - only agents with an uplink pay for importing httpx
-
-        try:
-            async with self.client.stream(
-                method, url, headers=dict(headers or {}), content=body or None, timeout=timeout_s
-            ) as response:
-                chunks = bytearray()
-                too_long = False
-                async for chunk in response.aiter_bytes():
-                    chunks += chunk
-                    if len(chunks) > max_body_bytes:
-                        too_long = True
-                        break
-                return HttpResponse(
-                    status=response.status_code,
-                    headers={k.lower(): v for k, v in response.headers.items()},
-                    body=None if too_long else bytes(chunks),
-                )
-        except httpx.HTTPError as exc:
-            raise ControllerError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-
-    async def aclose(self) -> None:
-        """Close the httpx client."""
-        await self.client.aclose()

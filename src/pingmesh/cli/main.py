@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--quic", metavar="HOST:PORT", help="upload over QUIC to this server")
     agent.add_argument("--ca-file", type=Path, metavar="FILE", help="CA that signed the server")
-    agent.add_argument("--token-file", type=Path, metavar="FILE", help="this agent's token")
+    agent.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="this agent's token, from 'pingmesh token --agent NAME' on the server",
+    )
     agent.add_argument("--alias", help="a label for people (default: --name)")
     agent.add_argument("--version", action="version", version=f"pingmesh {__version__}")
 
@@ -86,6 +91,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--interval", type=float, default=5.0, help="per-pair probe interval, s")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--version", action="version", version=f"pingmesh {__version__}")
+
+    token = commands.add_parser(
+        "token",
+        help="print the token that proves an agent's identity to the server (QUIC and HTTP)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Print the token that proves an agent's identity to the server:\n"
+            "HMAC-SHA256 of the agent's name under the server's agent secret. The server\n"
+            "checks it on QUIC's hello and on HTTP uploads of bandwidth reports; a token\n"
+            "names one agent only. Give it to the agent with\n"
+            "'pingmesh agent --token-file FILE' (or agent.transport.token_file).\n\n"
+            "The secret is the server's agent_secret_file, else TLS_DIR/agent-secret\n"
+            "(default DATA/tls/agent-secret), made at the server's first start with\n"
+            "--quic-listen. This command never makes one."
+        ),
+        epilog=(
+            "example:\n  umask 077\n  pingmesh token --agent h11 --data pingmesh-data > h11.token"
+        ),
+    )
+    token.add_argument(
+        "--agent",
+        metavar="NAME",
+        required=True,
+        help="the agent's --name (its topology name or address)",
+    )
+    secret = token.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--secret-file", type=Path, metavar="FILE", help="the server's agent secret (hex)"
+    )
+    secret.add_argument(
+        "--config", type=Path, metavar="FILE", help="the server's YAML config (section 'server')"
+    )
+    token.add_argument(
+        "--data", type=Path, metavar="DIR", help="the server's data directory (its --data)"
+    )
+    token.add_argument("--version", action="version", version=f"pingmesh {__version__}")
 
     pinglist = commands.add_parser("pinglist", help="print one server's pinglist (JSON)")
     pinglist.add_argument("--topology", type=Path, metavar="FILE", required=True)
@@ -114,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _agent,
         "demo": _demo,
         "pinglist": _pinglist,
+        "token": _token,
         "lab": _lab,
     }
     try:
@@ -239,6 +281,43 @@ def _pinglist(args: argparse.Namespace) -> int:
     config = build_config(ServerConfig, args.config, "server", {})
     service = PinglistService(TopologySource.from_file(args.topology), config.pinglist)
     print(service.pinglist(args.server).model_dump_json(indent=2))
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pingmesh.config import ServerConfig, build_config
+    from pingmesh.server.tls import agent_token, load_secret
+    from pingmesh.wire.quic import HelloModel
+
+    name: str = args.agent
+    try:
+        HelloModel(agent=name, token="-")  # noqa: S106 - validates the name as the server will
+    except ValidationError as exc:
+        raise InputError(f"--agent {name!r}: {exc.errors()[0]['msg']}") from exc
+    if name != name.strip():
+        raise InputError(f"--agent {name!r}: leading or trailing spaces")
+    path: Path | None = args.secret_file
+    if path is None:
+        if args.config is None and args.data is None:
+            raise InputError(
+                "token needs the server's agent secret: --secret-file FILE, "
+                "or the server's --config FILE or --data DIR"
+            )
+        config = build_config(ServerConfig, args.config, "server", {"data_dir": args.data})
+        path = config.agent_secret_file or (config.tls_dir or config.data_dir / "tls") / (
+            "agent-secret"
+        )
+    elif args.data is not None:
+        raise InputError("token: --data belongs to --config, not to --secret-file")
+    if not path.exists():
+        # Never made here: a token from a secret that the server does not hold proves nothing.
+        raise InputError(
+            f"{path}: no agent secret (the server makes it at its first start with "
+            "--quic-listen; or give --secret-file)"
+        )
+    print(agent_token(load_secret(path), name))
     return EXIT_OK
 
 

@@ -9,12 +9,12 @@ system's trust store without one; never skipped), then ``/hello`` with the agent
 and token. Requests share the connection concurrently.
 
 *Failure.* Any of these ends the connection, fails every request waiting on it with
-:class:`TransportError`, and leaves the client disconnected, so that the next request starts a
-fresh connection: the handshake or hello failed or timed out, the peer closed the connection,
-the kernel reported the server's port unreachable (ICMP), or a request got no answer within
-``request_timeout_s`` (a server restarted in the meantime has forgotten the connection and
-stays silent). Deciding *when* to try again is the caller's job (see
-:class:`~pingmesh.agent.transport.http.QuicFallbackTransport`): this class never sleeps and
+:class:`~pingmesh.errors.TransportError`, and leaves the client disconnected, so that the next
+request starts a fresh connection: the handshake or hello failed or timed out, the peer closed
+the connection, the kernel reported the server's port unreachable (ICMP), or a request got no
+answer within ``request_timeout_s`` (a server restarted in the meantime has forgotten the
+connection and stays silent). Deciding *when* to try again is the caller's job (see
+:class:`~pingmesh.agent.transport.http.QuicFallbackClient`): this class never sleeps and
 never retries, and it owns no background task (aioquic's timers run on the event loop).
 
 This is what the original got wrong: after its first reconnect the monitor restarted on a
@@ -37,7 +37,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
-from pingmesh.errors import ControllerError
+from pingmesh.errors import AuthenticationError, TransportError
 from pingmesh.wire.quic import (
     ALPN,
     HELLO_PATH,
@@ -50,14 +50,6 @@ from pingmesh.wire.quic import (
 logger = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 1024 * 1024
-
-
-class TransportError(ControllerError):
-    """The QUIC connection could not carry a request (the caller may fall back or retry)."""
-
-
-class AuthenticationError(TransportError):
-    """The server refused the agent's identity (wrong token, or not this agent's)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,7 +184,8 @@ class QuicClient:
     async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
         """Send ``body`` to ``path`` and return (status, body) of the answer.
 
-        Raises :class:`TransportError` if the connection cannot carry it (then it is closed).
+        Raises :class:`~pingmesh.errors.TransportError` if the connection cannot carry it (then
+        it is closed).
         """
         self._requests += 1
         self._in_flight += 1

@@ -6,7 +6,7 @@ The sampler hands every report to :meth:`BandwidthSpool.submit` (never blocks). 
 it a ``report_id`` unique to this agent (a random per-process prefix and a sequence number),
 keeps it in order, and a single sender posts the oldest reports, up to ``batch_max_reports`` at
 a time, to ``/api/v1/bandwidth`` through the agent's HTTP client (over QUIC when the
-transport has it, see :mod:`pingmesh.agent.transport.http`). Reports leave the spool only when
+agent has it, see :mod:`pingmesh.agent.transport.http`). Reports leave the spool only when
 the server answers 2xx: it stored them, or had them already (a retry whose first answer was
 lost), which the server tells apart and the spool counts.
 
@@ -36,11 +36,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 from pydantic import ValidationError
 
 from pingmesh.agent.bandwidth import BandwidthReport
+from pingmesh.agent.http_client import HttpClient
 from pingmesh.clock import Clock
+from pingmesh.errors import ControllerError
 from pingmesh.wire.bandwidth import (
     MAX_REPORTS_PER_BATCH,
     BandwidthAck,
@@ -96,7 +97,7 @@ class BandwidthSpool:
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         server: str,
         agent: str,
         alias: str,
@@ -224,20 +225,22 @@ class BandwidthSpool:
 
     async def _post(self, body: bytes, count: int) -> bool:
         try:
-            response = await self._client.post(
+            response = await self._client.request(
+                "POST",
                 self.url,
-                content=body,
                 headers={"Content-Type": "application/json"},
-                timeout=self._timeout_s,
+                body=body,
+                timeout_s=self._timeout_s,
+                max_body_bytes=64 * 1024,
             )
-        except httpx.HTTPError as exc:
-            logger.info("bandwidth upload failed: %s: %s", type(exc).__name__, exc)
+        except ControllerError as exc:
+            logger.info("bandwidth upload failed: %s", exc)
             return False
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             duplicate = 0
             try:
-                duplicate = BandwidthAck.model_validate_json(response.content).duplicate
+                duplicate = BandwidthAck.model_validate_json(response.body or b"").duplicate
             except ValidationError:
                 logger.warning("bandwidth upload: unreadable acknowledgement")
             self._batches += 1
@@ -250,10 +253,10 @@ class BandwidthSpool:
                 "server refused %d bandwidth reports: HTTP %d %s",
                 count,
                 status,
-                response.text[:200],
+                response.text(),
             )
             self._rejected += count
             return True
         log = logger.error if status in (401, 403) else logger.info
-        log("bandwidth upload: HTTP %d %s", status, response.text[:200])
+        log("bandwidth upload: HTTP %d %s", status, response.text())
         return False

@@ -1,15 +1,20 @@
 """The agent's uplink: QUIC transport for its uploads, the bandwidth sampler and its spool.
 
 What :class:`~pingmesh.agent.agent.Agent` needs from issue 7, in one object, so that the agent
-itself only passes :meth:`Uplink.http_transport` to its HTTP client, calls :meth:`Uplink.attach`
-with that client, runs :meth:`Uplink.run` in its task group and :meth:`Uplink.flush` on the
-way out.
+itself only hands its HTTP client to :meth:`Uplink.attach` (and uses the client it gets back),
+runs :meth:`Uplink.run` in its task group and :meth:`Uplink.flush` on the way out.
 
 - With ``transport.quic`` set, uploads (probe results and bandwidth reports) go over QUIC to
   that address, verified against ``transport.ca_file``, and fall back to HTTP
   (:mod:`pingmesh.agent.transport.http`); without it, everything is HTTP.
 - With ``bandwidth.enabled``, the sampler reads the kernel's counters and hands each report to
   the spool, which delivers it to the server at the controller URL.
+
+*Memory.* The agent's budget is 45 MB (PM §3.4.2). Everything here rides on the agent's own
+small HTTP client, so the bandwidth monitor over HTTP costs about 1 MiB. aioquic is imported
+only when ``transport.quic`` is set: with the ``cryptography``, pyOpenSSL and
+``service_identity`` modules it loads it costs about 12 MiB of RSS, and the first handshake
+touches about 4 MiB more (mostly shared library pages), which puts a QUIC agent over budget.
 """
 
 from __future__ import annotations
@@ -17,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from pingmesh.agent.bandwidth import (
     NATIVE_COUNTER_BITS,
@@ -26,12 +30,15 @@ from pingmesh.agent.bandwidth import (
     BandwidthSampler,
     ProcNetDevSource,
 )
-from pingmesh.agent.transport.http import QuicFallbackTransport
-from pingmesh.agent.transport.quic import QuicClient
+from pingmesh.agent.http_client import HttpClient
+from pingmesh.agent.transport.http import QuicFallbackClient
 from pingmesh.agent.transport.spool import BandwidthSpool
 from pingmesh.clock import Clock
 from pingmesh.config import AgentConfig
 from pingmesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pingmesh.agent.transport.quic import QuicClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +111,8 @@ class Uplink:
             if self.token is None:
                 raise ConfigError(
                     "field agent.transport.token: QUIC needs the agent's token "
-                    "(transport.token or transport.token_file)"
+                    "(transport.token or transport.token_file; the server's operator makes it "
+                    f"with 'pingmesh token --agent {config.name}')"
                 )
             host, port = _split_host_port(transport.quic)
             if transport.ca_file is not None and not transport.ca_file.is_file():
@@ -112,6 +120,9 @@ class Uplink:
                     f"field agent.transport.ca_file: {transport.ca_file} is not a file"
                 )
             bind = config.bind if config.bind not in ("0.0.0.0", "::") else None
+            # Imported here: aioquic costs ~12 MiB, paid only by agents that use QUIC.
+            from pingmesh.agent.transport.quic import QuicClient  # noqa: PLC0415
+
             self.quic = QuicClient(
                 host=host,
                 port=port,
@@ -125,30 +136,37 @@ class Uplink:
                 request_timeout_s=transport.request_timeout_s,
                 idle_timeout_s=transport.idle_timeout_s,
             )
-        self.transport = QuicFallbackTransport(
+        self.client: QuicFallbackClient | None = None
+        self.spool: BandwidthSpool | None = None
+        self.sampler: BandwidthSampler | None = None
+
+    def attach(self, http: HttpClient) -> HttpClient:
+        """Put the uploads of the agent's HTTP client ``http`` on QUIC (if configured) and
+        build the bandwidth sampler and spool on it; returns the client for every component.
+        """
+        config = self._config
+        transport = config.transport
+        assert config.name is not None
+        client = QuicFallbackClient(
             quic=self.quic,
-            http=httpx.AsyncHTTPTransport(),
-            clock=clock,
-            rng=rng,
+            http=http,
+            clock=self._clock,
+            rng=self._rng,
             agent=config.name,
             token=self.token,
             fallback_http=transport.fallback_http,
             backoff_initial_s=transport.backoff_initial_s,
             backoff_max_s=max(transport.backoff_max_s, transport.backoff_initial_s),
         )
-        self.spool: BandwidthSpool | None = None
-        self.sampler: BandwidthSampler | None = None
+        self.client = client
+        bandwidth = config.bandwidth
+        if bandwidth.enabled:
+            self._build_bandwidth(client)
+        return client
 
-    def http_transport(self) -> httpx.AsyncBaseTransport:
-        """The transport for the agent's :class:`httpx.AsyncClient`."""
-        return self.transport
-
-    def attach(self, client: httpx.AsyncClient) -> None:
-        """Build the bandwidth sampler and spool on the agent's HTTP client."""
+    def _build_bandwidth(self, client: HttpClient) -> None:
         config = self._config
         bandwidth = config.bandwidth
-        if not bandwidth.enabled:
-            return
         assert config.controller is not None
         assert config.name is not None
         self.spool = BandwidthSpool(
@@ -197,7 +215,7 @@ class Uplink:
     def statistics(self) -> UplinkStatistics:
         """A snapshot of every part."""
         quic = self.quic.statistics() if self.quic is not None else None
-        fallback = self.transport.statistics()
+        fallback = self.client.statistics() if self.client is not None else None
         sampler = self.sampler.statistics() if self.sampler is not None else None
         meter = sampler.meter if sampler is not None else None
         spool = self.spool.statistics() if self.spool is not None else None
@@ -206,12 +224,12 @@ class Uplink:
             quic_connects_total=quic.connects_total if quic else 0,
             quic_connect_failures_total=quic.connect_failures_total if quic else 0,
             quic_auth_failures_total=quic.auth_failures_total if quic else 0,
-            quic_requests_total=fallback.quic_requests_total,
+            quic_requests_total=fallback.quic_requests_total if fallback else 0,
             quic_request_failures_total=quic.request_failures_total if quic else 0,
-            http_requests_total=fallback.http_requests_total,
-            http_uploads_total=fallback.http_uploads_total,
-            http_fallbacks_total=fallback.http_fallbacks_total,
-            quic_backoff_seconds=fallback.quic_backoff_seconds,
+            http_requests_total=fallback.http_requests_total if fallback else 0,
+            http_uploads_total=fallback.http_uploads_total if fallback else 0,
+            http_fallbacks_total=fallback.http_fallbacks_total if fallback else 0,
+            quic_backoff_seconds=fallback.quic_backoff_seconds if fallback else 0.0,
             bandwidth_reads_total=sampler.reads_total if sampler else 0,
             bandwidth_read_errors_total=sampler.read_errors_total if sampler else 0,
             bandwidth_reports_total=sampler.reports_total if sampler else 0,
