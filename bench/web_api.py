@@ -4,23 +4,29 @@ Generates, directly into a ResultsDB (SQLite), what a week of analysis writes fo
 servers (2 DCs × 5 podsets × 5 ToRs × 20 servers): every 10-minute window (1,008) with the
 SLA rows of every scope and the ToR/podset/DC matrices; the server-pair matrix (Pingmesh's
 pinglist shape: every server with its ToR mates and with server *i* of every other ToR of its
-DC, ~43 k pairs per window) for the last ``--pair-days`` days; an hour of 30 s windows
-(every 10 s) with SLAs and the ToR matrix. Then serves the whole web API (uvicorn, in its own
-process) and asks each endpoint ``--requests`` times, one request at a time, at random
-windows and pairs; prints p50 and p99 per endpoint and over all of them.
+DC, ~43 k pairs per window) for the last ``--pair-days`` days; the 1-hour and 1-day rollups of
+those windows, written after the windows they roll up as the analysis runner writes them
+(same rows, same keys; the statistics are random); an hour of 30 s windows (every 10 s) with
+SLAs and the ToR matrix. ``--db PATH`` keeps the database, and a later run with the same
+``--db`` reuses it (generating takes a few minutes and ~8 GB).
+
+Then serves the whole web API (uvicorn, in its own process) and asks each endpoint
+``--requests`` times, one request at a time, at random windows and pairs; prints p50 and p99
+per endpoint and over all of them, the window kinds each endpoint answered from, and the load
+average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,16 +36,30 @@ import httpx
 from pingmesh.core.topology import Server, Topology, topology_from_servers
 from pingmesh.store.results import ResultsDB
 
-SLA_SQL = (
-    'INSERT INTO sla ("window", window_start, scope, entity, probes, successes, failures,'
-    " retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Each window's rows are copied from a template of its cells with fresh random statistics by
+# one INSERT … SELECT: the keys and their order are the analysis's, and a week for 1,000
+# servers takes minutes rather than an hour of Python loops.
+_UNIFORM = "((random() & 1048575) / 1048576.0)"
+_STATS = (
+    "?, ? - f, f, 0, p50, p50 * 1.5, p50 * 3, p50 * 5, 0.0 FROM"
+    f" (SELECT *, base * (0.9 + 0.2 * {_UNIFORM}) AS p50,"
+    " CASE WHEN (random() & 127) = 0 THEN 1 ELSE 0 END AS f FROM {template} ORDER BY rowid)"
 )
 MATRIX_SQL = (
     'INSERT INTO matrix ("window", window_start, level, src, dst, probes, successes, failures,'
     " retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " SELECT ?, ?, level, src, dst, " + _STATS
 )
+SLA_SQL = (
+    'INSERT INTO sla ("window", window_start, scope, entity, probes, successes, failures,'
+    " retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)"
+    " SELECT ?, ?, scope, entity, " + _STATS.format(template="entities")
+)
+WINDOW_SQL = (
+    'INSERT INTO windows ("window", window_start, window_end, records, computed_at_s)'
+    " VALUES (?, ?, ?, ?, ?)"
+)
+HOUR_S, DAY_S = 3600, 86400
 
 
 def fleet() -> Topology:
@@ -69,64 +89,65 @@ def pairs(topology: Topology) -> list[tuple[str, str]]:
     return out
 
 
-def stats(rng: random.Random, base: float, probes: int) -> tuple[Any, ...]:
-    p50 = base * (0.9 + 0.2 * rng.random())
-    failures = 1 if rng.random() < 0.01 else 0
-    return (probes, probes - failures, failures, 0, p50, p50 * 1.5, p50 * 3, p50 * 5, 0.0)
-
-
 def generate(db: ResultsDB, topology: Topology, now_s: float, pair_days: float) -> int:
-    rng = random.Random(1)
+    """A week of what the analysis writes, in the order the runner writes it: each 10-minute
+    window, then the hour it completes (rolled up), then the day it completes; and the last
+    hour of 30 s windows. Like the runner, hours and days start at the first whole one."""
     now = int(now_s)
     newest = now - now % 600 - 600
-    starts = list(range(newest - 1007 * 600, newest + 1, 600))
-    server_pairs = pairs(topology)
-    levels = {
-        level: sorted({(a.entity(level), b.entity(level)) for a in topology.servers  # type: ignore[arg-type]
-                       for b in topology.servers[::20]})
-        for level in ("tor", "podset", "dc")
-    }  # fmt: skip
-    entities = {level: topology.entities(level) for level in ("server", "tor", "podset", "dc")}
+    first = newest - 1007 * 600
+    levels = [
+        (level, src, dst)
+        for level in ("dc", "podset", "tor")
+        for src, dst in sorted({(a.entity(level), b.entity(level))
+                                for a in topology.servers for b in topology.servers[::20]})
+    ]  # fmt: skip
+    server_pairs = sorted(pairs(topology))
+    scopes = [(scope, e) for scope in ("dc", "podset", "server", "tor")
+              for e in topology.entities(scope)] + [("service", "search")]  # fmt: skip
+    database = db.database
+    database.execute("CREATE TEMP TABLE cells (level TEXT, src TEXT, dst TEXT, base REAL)")
+    database.execute("CREATE TEMP TABLE pair_cells (level TEXT, src TEXT, dst TEXT, base REAL)")
+    database.execute("CREATE TEMP TABLE entities (scope TEXT, entity TEXT, base REAL)")
+    database.executemany("INSERT INTO cells VALUES (?, ?, ?, 1200.0)", levels)
+    database.executemany("INSERT INTO pair_cells VALUES ('server', ?, ?, 400.0)", server_pairs)
+    database.executemany("INSERT INTO entities VALUES (?, ?, 800.0)", scopes)
+    pair_from = newest - pair_days * DAY_S
     rows = 0
 
-    def window_rows(kind: str, start: int, with_pairs: bool) -> Iterator[tuple[Any, ...]]:
-        for level, cells in levels.items():
-            for src, dst in cells:
-                yield (kind, start, level, src, dst, *stats(rng, 1200.0, 400))
-        if with_pairs:
-            for src, dst in server_pairs:
-                yield (kind, start, "server", src, dst, *stats(rng, 400.0, 60))
-
-    def sla_rows(kind: str, start: int) -> Iterator[tuple[Any, ...]]:
-        for scope, names in entities.items():
-            for e in names:
-                yield (kind, start, scope, e, *stats(rng, 800.0, 3000))
-        yield (kind, start, "service", "search", *stats(rng, 800.0, 3000))
-
     def write(kind: str, start: int, length: int, *, with_pairs: bool) -> int:
-        db.database.execute(
-            'INSERT INTO windows ("window", window_start, window_end, records, computed_at_s)'
-            " VALUES (?, ?, ?, ?, ?)",
-            (kind, start, start + length, 1, start + length + 5.0),
-        )
-        m = list(window_rows(kind, start, with_pairs))
-        s = list(sla_rows(kind, start))
-        db.database.executemany(MATRIX_SQL, m)
-        db.database.executemany(SLA_SQL, s)
-        return len(m) + len(s)
+        # Probes per cell grow with the window (400 per ToR cell, 60 per server pair, 3,000
+        # per entity in 10 minutes), as a rollup adds its windows up.
+        scale = length // 600 or 1
+        with database.transaction():
+            database.execute(
+                MATRIX_SQL.format(template="cells"), (kind, start, scale * 400, scale * 400)
+            )
+            if with_pairs:
+                database.execute(
+                    MATRIX_SQL.format(template="pair_cells"), (kind, start, scale * 60, scale * 60)
+                )
+            database.execute(SLA_SQL, (kind, start, scale * 3000, scale * 3000))
+            database.execute(WINDOW_SQL, (kind, start, start + length, 1, start + length + 5.0))
+        return len(levels) + len(scopes) + (len(server_pairs) if with_pairs else 0)
 
-    pair_from = newest - pair_days * 86400
     t0 = time.perf_counter()
-    for k, start in enumerate(starts):
-        with db.database.transaction():
-            rows += write("10m", start, 600, with_pairs=start > pair_from)
+    hour_from = -(-first // HOUR_S) * HOUR_S  # the first whole hour
+    day_from = -(-hour_from // DAY_S) * DAY_S
+    for k, start in enumerate(range(first, newest + 1, 600)):
+        rows += write("10m", start, 600, with_pairs=start >= pair_from)
+        end = start + 600
+        if end % HOUR_S == 0 and end - HOUR_S >= hour_from:
+            # Per-pair histograms roll up only when every window below kept them.
+            rows += write("1h", end - HOUR_S, HOUR_S, with_pairs=end - HOUR_S >= pair_from)
+        if end % DAY_S == 0 and end - DAY_S >= day_from:
+            rows += write("1d", end - DAY_S, DAY_S, with_pairs=end - DAY_S >= pair_from)
         if k % 100 == 0:
-            print(f"# 10m window {k}/{len(starts)}: {rows} rows, "
+            print(f"# 10m window {k}/1008: {rows} rows, "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)  # fmt: skip
     fast_newest = now - now % 10 - 20
-    with db.database.transaction():
-        for start in range(fast_newest - 359 * 10, fast_newest + 1, 10):
-            rows += write("30s", start, 30, with_pairs=False)
+    for start in range(fast_newest - 359 * 10, fast_newest + 1, 10):
+        rows += write("30s", start, 30, with_pairs=False)
     return rows
 
 
@@ -235,6 +256,8 @@ def main() -> None:
             "sla_server": lambda: ("/sla", {"scope": "server", "window": "10m", "at": at()}),
             "sla_tor": lambda: ("/sla", {"scope": "tor", "window": "10m", "at": at()}),
             "heatmap_tor": lambda: ("/heatmap", {"level": "tor", "window": "10m", "at": at()}),
+            # What a dashboard polls: the newest window (built once, then from the cache).
+            "heatmap_tor_latest": lambda: ("/heatmap", {"level": "tor", "window": "10m"}),
             "heatmap_tor_columns": lambda: (
                 "/heatmap", {"level": "tor", "window": "10m", "at": at(), "format": "columns"}),
             "heatmap_fast": lambda: ("/heatmap", {"level": "tor", "window": "30s"}),
@@ -255,13 +278,17 @@ def main() -> None:
                                                                  "end": iso(end)}),
             "node_24h": lambda: (f"/node/{rng.choice(servers)}", {"start": iso(end - 86400),
                                                                   "end": iso(end)}),
+            "node_7d": lambda: (f"/node/{rng.choice(servers)}", {"start": iso(end - 7 * 86400),
+                                                                 "end": iso(end)}),
             "topology_tor": lambda: ("/topology", {"level": "tor", "window": "10m", "at": at()}),
             "alerts_active": lambda: ("/alerts/active", {}),
             "alerts_history": lambda: ("/alerts", {}),
         }  # fmt: skip
         every: list[float] = []
+        print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         for name, make in endpoints.items():
             times = []
+            kinds: set[str] = set()
             for _ in range(args.requests):
                 path_, params = make()
                 t = time.perf_counter()
@@ -269,14 +296,21 @@ def main() -> None:
                 times.append((time.perf_counter() - t) * 1000)
                 if reply.status_code != 200:
                     raise SystemExit(f"{name}: {reply.status_code} {reply.text[:200]}")
+                body = reply.json()
+                if isinstance(body, dict):
+                    for part in body.get("resolutions") or [body]:
+                        if isinstance(part.get("window"), str):
+                            kinds.add(f"{part['window']}")
             times.sort()
             p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
             every += times
+            print(f"# {name}: windows {', '.join(sorted(kinds)) or '-'}")
             print(f"figure: web_api_{name}_p50_ms {statistics.median(times):.1f} ms")
             print(f"figure: web_api_{name}_p99_ms {p99:.1f} ms")
         every.sort()
         print(f"figure: web_api_all_p99_ms {every[int(0.99 * len(every))]:.1f} ms")
         print(f"figure: web_api_all_max_ms {every[-1]:.1f} ms")
+        print(f"# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         child.terminate()
         child.join(timeout=10)
 

@@ -170,6 +170,12 @@ class HeatmapConfig(_Section):
     red_above_us: float = Field(default=5000.0, gt=0)
     drop_green_below: float = Field(default=1e-4, ge=0)
     drop_red_above: float = Field(default=1e-3, ge=0)
+    cache_max_bytes: int = Field(
+        default=64 * 2**20,
+        ge=0,
+        description="memory for the JSON of heatmaps of analysed windows (0: no cache); "
+        "an analysed window does not change, so its heatmap is built once",
+    )
 
 
 class SmtpNotifierConfig(_Section):

@@ -14,6 +14,7 @@ from pingmesh.web.api import (
     AgentStatus,
     Api,
     HeatmapOut,
+    SlaOut,
     agent_status,
     parse_rfc3339,
     router,
@@ -182,6 +183,7 @@ def test_sla_defaults_to_the_newest_10m_window(client: TestClient, db: ResultsDB
         "p999_us": 1500.0,
         "drop_rate": 0.0,
     }
+    SlaOut.model_validate(body)  # what /docs documents is what is served
 
 
 @pytest.mark.parametrize(
@@ -323,6 +325,19 @@ def test_heatmap_covers_every_tor_with_null_for_missing_cells(
     assert set(filled.values()) == {(None, 0, 0)}  # t9 (gone from the topology) is dropped
     assert len(filled) == 11
     HeatmapOut.model_validate(body)  # what /docs documents is what is served
+
+
+def test_sla_turns_a_non_finite_value_into_null(client: TestClient, db: ResultsDB) -> None:
+    start = int(NOW_S) - 30
+    db.write_window(
+        window("30s", start, 30, computed_at_s=NOW_S),
+        [sla_row("30s", start, "dc", "dc1", 5, p99_us=float("inf"))],
+        [],
+    )
+    response = client.get("/api/v1/sla", params={"scope": "dc", "window": "30s"})
+    assert response.status_code == 200
+    (row,) = response.json()["rows"]
+    assert (row["entity"], row["probes"], row["p99_us"], row["p999_us"]) == ("dc1", 5, None, None)
 
 
 def test_heatmap_turns_a_non_finite_value_into_null(client: TestClient, db: ResultsDB) -> None:

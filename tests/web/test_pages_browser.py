@@ -283,6 +283,9 @@ def test_node_page_shows_forward_and_reverse_graphs(fleet: Fleet, tab: Tab) -> N
     reverse = page.locator("#reverse canvas[data-peer]")
     assert forward.count() == reverse.count() > 5  # symmetric pinglists
     assert int(forward.first.get_attribute("data-filled")) > 0
+    # The page says which windows the graphs are made of (the last 6 h: 35 or 36 ten-minute
+    # windows, as the clock falls).
+    assert re.search(r"\b3[56] 10m windows\.", page.inner_text('[data-page="node"] .hint'))
     page.locator("#forward a.thumb").first.click()
     page.wait_for_selector('[data-page="history"][data-state="ready"]')
     assert "src=d1p1t1s1" in page.evaluate("location.hash")

@@ -300,19 +300,31 @@ class ResultsDB:
             params.append(entity)
         return self._query(SlaRow, sql + " ORDER BY window_start, entity", params)
 
+    def sla_values(self, window: str, window_start: int, scope: str) -> list[tuple[Any, ...]]:
+        """Like :meth:`sla`, as plain tuples ``(entity, probes, successes, failures,
+        retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)``: the lean read behind
+        answers of a thousand rows."""
+        return self.database.query(
+            "SELECT entity, probes, successes, failures, retransmitted, p50_us, p90_us, p99_us,"
+            ' p999_us, drop_rate FROM sla WHERE "window" = ? AND window_start = ? AND scope = ?'
+            " ORDER BY entity",
+            (window, window_start, scope),
+        )
+
     def matrix_values(
         self, window: str, window_start: int, level: str, column: str
-    ) -> list[tuple[str, str, float | None, int, int]]:
+    ) -> list[tuple[Any, ...]]:
         """(src, dst, ``column``, probes, failures) of every cell: the lean read behind big
         heatmaps (no row objects). ``column`` is one of the statistics columns."""
         if column not in {f.name for f in fields(Stats)}:
             raise ValueError(f"column: {column!r} is not a statistics column")
-        rows = self.database.query(
+        # The rows as the driver returns them (BIGINT columns are ints in both dialects):
+        # copying a million tuples would cost more than the query.
+        return self.database.query(
             f'SELECT src, dst, "{column}", probes, failures FROM matrix'
             ' WHERE "window" = ? AND window_start = ? AND level = ?',
             (window, window_start, level),
         )
-        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
     def matrix_series_values(
         self,
@@ -320,22 +332,22 @@ class ResultsDB:
         level: str,
         window_starts: Sequence[int],
         *,
-        src: Sequence[str],
+        src: Sequence[str] | None = None,
         dst: Sequence[str] | None = None,
     ) -> list[tuple[Any, ...]]:
         """Like :meth:`matrix_series`, as plain tuples ``(window_start, src, dst, probes,
         failures, retransmitted, p50_us, p90_us, p99_us, p999_us, drop_rate)``: the lean read
-        behind pages that graph many series at once."""
-        if not window_starts or not src or (dst is not None and not dst):
+        behind pages that show many cells or series at once."""
+        if not window_starts or (src is not None and not src) or (dst is not None and not dst):
             return []
         sql = (
             "SELECT window_start, src, dst, probes, failures, retransmitted, p50_us, p90_us,"
             ' p99_us, p999_us, drop_rate FROM matrix WHERE "window" = ? AND level = ?'
             f" AND window_start IN ({', '.join('?' * len(window_starts))})"
-            f" AND src IN ({', '.join('?' * len(src))})"
         )
-        params: list[Any] = [window, level, *window_starts, *src]
-        if dst is not None:
-            sql += f" AND dst IN ({', '.join('?' * len(dst))})"
-            params.extend(dst)
+        params: list[Any] = [window, level, *window_starts]
+        for column, values in (("src", src), ("dst", dst)):
+            if values is not None:
+                sql += f" AND {column} IN ({', '.join('?' * len(values))})"
+                params.extend(values)
         return self.database.query(sql, params)

@@ -10,20 +10,30 @@ Choosing a window: without ``at`` the newest analysed window of the asked kind; 
 the newest window of that kind that contains the instant (fast windows overlap). When there
 is none the answer says so in ``note`` and carries no rows: the API never answers a
 10-minute question with 30-second data behind the caller's back.
+
+Heatmaps of an analysed window are built once: the analysis writes a window whole and
+replaces it whole (with a new ``computed_at``), so the JSON of its cells is kept in a
+least-recently-used cache bounded in bytes, keyed by the window, its ``computed_at``, the
+level, metric, DC, format and the topology's digest. The same key is the answer's weak
+``ETag``: a client that polls sends ``If-None-Match`` and gets ``304`` until a new window
+(or topology) changes the answer. (The dashboard does not: a revalidated answer would keep
+the ``generated_at`` of its first fetch, from which the page judges how old the data is.)
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pingmesh.analysis.jobs import window_name
@@ -226,6 +236,11 @@ def agent_status(
     return AgentStatus.DOWN
 
 
+def finite(value: float | None) -> float | None:
+    """``value``, or None for NaN and the infinities (JSON has none; pydantic writes null)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def utc(seconds: float | None) -> datetime | None:
     """UNIX seconds as an aware UTC datetime (to the millisecond), or None."""
     if seconds is None:
@@ -273,6 +288,63 @@ class ApiStatistics:
     rejected_requests_total: int  # answered 400/422 by these handlers
     heatmap_over_limit_total: int  # refused: more cells than ``max_heatmap_cells``
     heatmap_cells_served_total: int
+    heatmap_cache_hits_total: int
+    heatmap_cache_misses_total: int
+    heatmap_cache_evictions_total: int
+    heatmap_not_modified_total: int  # answered 304 to If-None-Match
+    heatmap_cache_bytes: int  # the JSON held now (at most ``heatmap.cache_max_bytes``)
+    heatmap_cache_entries: int
+
+
+class DocumentCache:
+    """Text by key, least recently used out first, at most ``max_bytes`` of it (thread-safe).
+
+    A text bigger than the whole budget is not kept. ``max_bytes`` 0 keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes: {max_bytes} must not be negative")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, key: tuple[Any, ...]) -> str | None:
+        """The text under ``key``, or None (counted as a hit or a miss)."""
+        with self._lock:
+            text = self._items.get(key)
+            if text is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return text
+
+    def put(self, key: tuple[Any, ...], text: str) -> None:
+        """Keep ``text`` under ``key``, evicting the least recently used to make room.
+
+        Sizes are counted in characters: the cached JSON is ASCII (``ensure_ascii``).
+        """
+        size = len(text)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            while self._items and self._bytes + size > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+                self.evictions += 1
+            self._items[key] = text
+            self._bytes += size
+
+    def size(self) -> tuple[int, int]:
+        """(bytes, entries) held now."""
+        with self._lock:
+            return self._bytes, len(self._items)
 
 
 class Api:
@@ -298,6 +370,7 @@ class Api:
         self._config = config
         self._clock = clock
         self._max_cells = max_heatmap_cells
+        self._heatmaps = DocumentCache(config.heatmap.cache_max_bytes)
         analysis = config.analysis
         self._kinds = (
             WindowKind(
@@ -327,13 +400,23 @@ class Api:
             "rejected_requests_total": 0,
             "heatmap_over_limit_total": 0,
             "heatmap_cells_served_total": 0,
+            "heatmap_not_modified_total": 0,
         }
         self.router = self._build_router()
 
     def statistics(self) -> ApiStatistics:
         """An immutable snapshot of the counters."""
+        cache = self._heatmaps
+        held_bytes, entries = cache.size()
         with self._lock:
-            return ApiStatistics(**self._counts)
+            return ApiStatistics(
+                **self._counts,
+                heatmap_cache_hits_total=cache.hits,
+                heatmap_cache_misses_total=cache.misses,
+                heatmap_cache_evictions_total=cache.evictions,
+                heatmap_cache_bytes=held_bytes,
+                heatmap_cache_entries=entries,
+            )
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -352,7 +435,9 @@ class Api:
         down_after_s = self._config.agent_down_after_s
         topology = self._source.topology
         seen = {row.name: row for row in self._db.agents()}
-        out: list[AgentOut] = []
+        # Plain dicts, validated once as a whole below: a thousand models built one by one
+        # in Python would cost more than the rest of the request.
+        out: list[dict[str, Any]] = []
         for server in topology.servers:
             row = seen.get(server.name)
             out.append(
@@ -380,15 +465,17 @@ class Api:
                         status=AgentStatus.REMOVED,
                     )
                 )
-        out.sort(key=lambda a: a.name)
+        out.sort(key=lambda a: a["name"])
         counts = dict.fromkeys(AgentStatus, 0)
         for agent in out:
-            counts[agent.status] += 1
-        return AgentsOut(
-            generated_at=datetime.fromtimestamp(now_s, tz=UTC),
-            down_after_s=down_after_s,
-            counts=AgentCounts(**{status.value: n for status, n in counts.items()}),
-            agents=out,
+            counts[agent["status"]] += 1
+        return AgentsOut.model_validate(
+            {
+                "generated_at": datetime.fromtimestamp(now_s, tz=UTC),
+                "down_after_s": down_after_s,
+                "counts": {status.value: n for status, n in counts.items()},
+                "agents": out,
+            }
         )
 
     @staticmethod
@@ -399,20 +486,21 @@ class Api:
         place: tuple[str | None, str | None, str | None],
         row: AgentRow | None,
         status: AgentStatus,
-    ) -> AgentOut:
-        return AgentOut(
-            name=name,
-            address=address,
-            dc=place[0],
-            podset=place[1],
-            tor=place[2],
-            status=status,
-            first_seen=utc(row.first_seen_s) if row else None,
-            last_seen=utc(row.last_seen_s) if row else None,
-            last_fetch=utc(row.last_fetch_s) if row else None,
-            last_upload=utc(row.last_upload_s) if row else None,
-            pinglist_version=row.pinglist_version if row else None,
-        )
+    ) -> dict[str, Any]:
+        """The fields of one :class:`AgentOut`."""
+        return {
+            "name": name,
+            "address": address,
+            "dc": place[0],
+            "podset": place[1],
+            "tor": place[2],
+            "status": status,
+            "first_seen": utc(row.first_seen_s) if row else None,
+            "last_seen": utc(row.last_seen_s) if row else None,
+            "last_fetch": utc(row.last_fetch_s) if row else None,
+            "last_upload": utc(row.last_upload_s) if row else None,
+            "pinglist_version": row.pinglist_version if row else None,
+        }
 
     def kinds(self) -> list[WindowKind]:
         """The window kinds, shortest first: the configured ones, plus each rollup kind
@@ -449,8 +537,13 @@ class Api:
             not_built=[n for n in FUTURE_WINDOWS if n not in names],
         )
 
-    def sla(self, scope: SlaScope, window: str, at: str | None) -> SlaOut:
-        """Per-entity SLAs of one window."""
+    def sla(self, scope: SlaScope, window: str, at: str | None) -> Response:
+        """Per-entity SLAs of one window, as a JSON response of the shape of :class:`SlaOut`.
+
+        The rows are written as JSON directly, like the heatmap's cells: a thousand of them
+        validated as models would cost more than the rest of the request, and their values
+        come from our own database.
+        """
         self._count("sla_requests_total")
         if scope not in BUILT_SCOPES:
             raise self._reject(
@@ -459,39 +552,28 @@ class Api:
                 f"supported: {', '.join(BUILT_SCOPES)}",
             )
         row, note = self.pick_window(window, at)
-        if row is None:
-            return SlaOut(
-                window=window,
-                scope=scope,
-                window_start=None,
-                window_end=None,
-                computed_at=None,
-                note=note,
-                rows=[],
-            )
-        rows = [
-            SlaRowOut(
-                entity=r.entity,
-                probes=r.probes,
-                successes=r.successes,
-                failures=r.failures,
-                retransmitted=r.retransmitted,
-                p50_us=r.p50_us,
-                p90_us=r.p90_us,
-                p99_us=r.p99_us,
-                p999_us=r.p999_us,
-                drop_rate=r.drop_rate,
-            )
-            for r in self._db.sla(row.window, row.window_start, scope)
-        ]
-        return SlaOut(
+        records = [] if row is None else self._db.sla_values(row.window, row.window_start, scope)
+        if row is not None and not records:
+            note = f"the {window} window has no {scope} rows"
+        document = SlaOut(
             window=window,
             scope=scope,
-            window_start=utc(row.window_start),
-            window_end=utc(row.window_end),
-            computed_at=utc(row.computed_at_s),
-            note=None if rows else f"the {window} window has no {scope} rows",
-            rows=rows,
+            window_start=utc(row.window_start) if row else None,
+            window_end=utc(row.window_end) if row else None,
+            computed_at=utc(row.computed_at_s) if row else None,
+            note=note,
+            rows=[],
+        ).model_dump(mode="json")
+        document["rows"] = [
+            {"entity": entity, "probes": probes, "successes": successes, "failures": failures,
+             "retransmitted": retransmitted, "p50_us": finite(p50), "p90_us": finite(p90),
+             "p99_us": finite(p99), "p999_us": finite(p999), "drop_rate": finite(drop)}
+            for entity, probes, successes, failures, retransmitted, p50, p90, p99, p999, drop
+            in records
+        ]  # fmt: skip
+        return Response(
+            content=json.dumps(document, separators=(",", ":"), allow_nan=False),
+            media_type="application/json",
         )
 
     def heatmap(
@@ -503,16 +585,20 @@ class Api:
         dc: str | None,
         *,
         form: Literal["cells", "columns"] = "cells",
-    ) -> dict[str, Any]:
-        """The dense src × dst matrix of one window at one level, as a JSON-ready document.
+        if_none_match: str | None = None,
+    ) -> Response:
+        """The dense src × dst matrix of one window at one level, as a JSON response.
 
-        The document has the shape of :class:`HeatmapOut`. Cells are plain dicts, not
-        models: with up to ``max_heatmap_cells`` of them, validating each would cost more
-        than the rest of the request, and their values come from our own database.
-        With ``form="columns"`` the cells are three parallel row-major arrays instead
-        (``values``, ``probes``, ``failures``), which a million-cell matrix needs.
+        The document has the shape of :class:`HeatmapOut`. Cells are written as JSON
+        directly, not through models: with up to ``max_heatmap_cells`` of them, validating
+        each would cost more than the rest of the request, and their values come from our
+        own database. With ``form="columns"`` the cells are three parallel row-major arrays
+        instead (``values``, ``probes``, ``failures``), which a million-cell matrix needs.
+        The cells of an analysed window come from the cache when they can (see the module
+        docstring); ``if_none_match`` holding the answer's ETag gives a bodiless 304.
         """
         self._count("heatmap_requests_total")
+        digest = self._source.digest
         topology = self._source.topology
         entities = self._entities(topology, level, dc)
         n = len(entities)
@@ -545,34 +631,40 @@ class Api:
             thresholds=thresholds,
             entities=list(entities),
         )
-        if form == "columns":
-            return self._heatmap_columns(head, level, metric, row)
-        cells: list[dict[str, Any]] = [
-            {"src": src, "dst": dst, "value": None, "probes": 0, "failures": 0}
-            for src in entities
-            for dst in entities
-        ]
+        headers: dict[str, str] = {}
+        key: tuple[Any, ...] | None = None
         if row is not None:
-            index = {name: i for i, name in enumerate(entities)}
-            for m in self._db.matrix(row.window, row.window_start, level):
-                i, j = index.get(m.src), index.get(m.dst)
-                if i is None or j is None:
-                    continue  # an entity the topology no longer has (or outside ``dc``)
-                value = m.p99_us if metric == "p99" else m.drop_rate
-                cell = cells[i * n + j]
-                # NaN/inf are not JSON; pydantic writes them as null too.
-                cell["value"] = value if value is not None and math.isfinite(value) else None
-                cell["probes"] = m.probes
-                cell["failures"] = m.failures
-        self._count("heatmap_cells_served_total", len(cells))
-        document = head.model_dump(mode="json")
-        document["cells"] = cells
-        return document
+            # Everything the answer but ``generated_at`` depends on (thresholds: this
+            # instance's config). No key without a window: one may appear at any moment.
+            key = (level, metric, window, dc, form, row.window_start, row.computed_at_s, digest)
+            tag = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+            headers = {"ETag": f'W/"{tag}"', "Cache-Control": "no-cache"}
+            if if_none_match is not None and _etag_matches(if_none_match, tag):
+                self._count("heatmap_not_modified_total")
+                return Response(status_code=304, headers=headers)
+        body = self._heatmaps.get(key) if key is not None else None
+        if body is None:
+            body = self._heatmap_body(entities, level, metric, row, form)
+            # A topology reloaded meanwhile would have made the cells of another entity list.
+            if key is not None and self._source.digest == digest:
+                self._heatmaps.put(key, body)
+        self._count("heatmap_cells_served_total", n * n)
+        document = json.dumps(head.model_dump(mode="json"), separators=(",", ":"))
+        return Response(
+            content=f"{document[:-1]},{body}}}",
+            media_type="application/json",
+            headers=headers,
+        )
 
-    def _heatmap_columns(
-        self, head: HeatmapHead, level: Level, metric: Metric, row: WindowRow | None
-    ) -> dict[str, Any]:
-        entities = head.entities
+    def _heatmap_body(
+        self,
+        entities: Sequence[str],
+        level: Level,
+        metric: Metric,
+        row: WindowRow | None,
+        form: Literal["cells", "columns"],
+    ) -> str:
+        """The cells of a heatmap as the JSON members that follow its head (no braces)."""
         n = len(entities)
         values: list[float | None] = [None] * (n * n)
         probes = [0] * (n * n)
@@ -585,17 +677,23 @@ class Api:
             ):
                 i, j = index.get(src), index.get(dst)
                 if i is None or j is None:
-                    continue
+                    continue  # an entity the topology no longer has (or outside ``dc``)
                 k = i * n + j
-                values[k] = value if value is not None and math.isfinite(value) else None
+                values[k] = finite(value)
                 probes[k] = count
                 failures[k] = failed
-        self._count("heatmap_cells_served_total", n * n)
-        document = head.model_dump(mode="json")
-        document["values"] = values
-        document["probes"] = probes
-        document["failures"] = failures
-        return document
+
+        def dumps(value: Any) -> str:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+        if form == "columns":
+            return f'"values":{dumps(values)},"probes":{dumps(probes)},"failures":{dumps(failures)}'
+        cells = [
+            {"src": src, "dst": dst, "value": values[k], "probes": probes[k],
+             "failures": failures[k]}
+            for k, (src, dst) in enumerate((s, d) for s in entities for d in entities)
+        ]  # fmt: skip
+        return f'"cells":{dumps(cells)}'
 
     # -- shared ----------------------------------------------------------------------------
 
@@ -654,14 +752,14 @@ class Api:
         )
 
         @api.get("/agents", response_model=AgentsOut, summary="Every agent and its status")
-        def get_agents() -> AgentsOut:
+        def get_agents() -> Response:
             """Every server of the topology, plus agents seen that the topology no longer has.
 
             ``up``: heard from within ``down_after_s``; ``down``: heard from before, not
             since; ``never_seen``: in the topology, never heard from; ``removed``: heard
             from, no longer in the topology.
             """
-            return self.agents()
+            return model_response(self.agents())
 
         @api.get("/windows", response_model=WindowsOut, summary="The analysis window kinds")
         def get_windows() -> WindowsOut:
@@ -681,7 +779,7 @@ class Api:
             scope: ScopeParam,
             window: str = window_query,
             at: AtParam = None,
-        ) -> SlaOut:
+        ) -> Response:
             """Probes, failures, P50/P90/P99/P99.9 (µs) and drop rate per entity.
 
             Without ``at``: the newest window of that kind. If there is none, ``rows`` is
@@ -702,6 +800,7 @@ class Api:
             at: AtParam = None,
             dc: DcParam = None,
             format: FormatParam = "cells",  # noqa: A002 - the query parameter's name
+            if_none_match: Annotated[str | None, Header()] = None,
         ) -> Response:
             """Every entity of the level (sorted) and the dense src × dst cells, row-major.
 
@@ -709,17 +808,36 @@ class Api:
             data, null with ``probes`` > 0 means every probe failed. ``thresholds`` are the
             configured colours: green below, red above, yellow between. With
             ``format=columns``: ``values``, ``probes`` and ``failures`` arrays instead of
-            ``cells`` (same row-major order).
+            ``cells`` (same row-major order). An analysed window's answer carries a weak
+            ``ETag``; sent back in ``If-None-Match`` it gets ``304 Not Modified`` until the
+            window is recomputed or a newer one is asked for.
             """
-            document = self.heatmap(level, metric, window, at, dc, form=format)
-            # Serialised here rather than by FastAPI, which would validate every cell; the
-            # response model above still documents the shape.
-            return Response(
-                content=json.dumps(document, separators=(",", ":"), allow_nan=False),
-                media_type="application/json",
+            # Serialised by ``heatmap`` rather than by FastAPI, which would validate every
+            # cell; the response model above still documents the shape.
+            return self.heatmap(
+                level, metric, window, at, dc, form=format, if_none_match=if_none_match
             )
 
         return api
+
+
+def model_response(model: BaseModel) -> Response:
+    """A model as JSON, serialised once by pydantic.
+
+    FastAPI would validate a returned model against ``response_model`` again and encode it
+    in Python; for a thousand agents or SLA rows that costs more than building them. The
+    route's ``response_model`` still documents the shape.
+    """
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+def _etag_matches(header: str, tag: str) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match compares weakly (``W/`` ignored); ``*`` matches."""
+    for item in header.split(","):
+        candidate = item.strip().removeprefix("W/")
+        if candidate in {"*", f'"{tag}"'}:
+            return True
+    return False
 
 
 def router(

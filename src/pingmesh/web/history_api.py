@@ -4,10 +4,19 @@ and a server's forward and reverse graphs (``/api/v1/pairs``, ``/history``, ``/n
 
 Series are columnar (one array per statistic, aligned with ``start``) so a graph of hundreds
 of windows costs one small JSON document.  Choosing the windows of a time range: with
-``window=auto`` the finest kind whose windows, laid end to end, give at most ``max_points``
-points; windows of an overlapping kind (the fast one: 30 s every 10 s) are thinned to those
-that do not overlap, so each probe counts once in a graph.  A window in the range with no row
-for the series is a gap (``probes`` 0, statistics null), drawn as such, never interpolated.
+``window=auto`` the coarsest kind whose windows, laid end to end, give at least
+``min_points`` and at most ``max_points`` points (or, if none gives that many, the finest
+that fits), among the kinds whose windows reach back to the start of the range — so a long
+range reads the analysis's rollups (1 h, 1 d: a week of a pair is 168 rows, not 1,008).
+Windows of an overlapping kind (the fast one: 30 s every 10 s) are thinned to those that do
+not overlap, so each probe counts once in a graph.  A window in the range with no row for the
+series is a gap (``probes`` 0, statistics null), drawn as such, never interpolated.
+
+A rollup exists only once every window below it is analysed, so the newest hour (or day) of
+a range is not rolled up yet. With ``window=auto`` that stretch — at most two rollup lengths
+after the newest rollup window in the range — is read from the next finer kinds, newest data
+included; ``resolutions`` says which kinds a series is made of. Points carry their own
+``start``/``end``, so graphs place windows of different lengths correctly.
 
 Raw probes are read with DuckDB straight from the raw store's Parquet files of the hours the
 range touches, filtered by pair and time, newest first, bounded by ``limit``.
@@ -33,7 +42,7 @@ from pingmesh.core.topology import Topology
 from pingmesh.errors import StoreError
 from pingmesh.store.raw import RawStore
 from pingmesh.store.results import ResultsDB, Stats, WindowRow
-from pingmesh.web.api import Api, WindowKind, parse_rfc3339, utc
+from pingmesh.web.api import Api, WindowKind, finite, parse_rfc3339, utc
 from pingmesh.web.app import ERROR_RESPONSES, json_response
 
 Level = Literal["server", "tor", "podset", "dc"]
@@ -50,13 +59,21 @@ SERIES_FIELDS: tuple[str, ...] = (
 )
 DEFAULT_RANGE_S = 6 * 3600
 MAX_RANGE_S = 400 * 86400
+# Graphs of one series (a pair, an entity's SLA) are ~700 px wide: the coarsest kind that
+# gives at least DEFAULT_MIN_POINTS points (a day: 10 min; a week: 1 h; a year: 1 d).
 DEFAULT_MAX_POINTS = 720
+DEFAULT_MIN_POINTS = 100
 MAX_PROBES = 10_000
 MAX_PAIRS = 5000
 MAX_NODE_PEERS = 400
-# A node page draws one thumbnail per peer, ~250 px wide: fewer points each, so a day uses
-# hourly rollups where the analysis has them (each peer × direction is one series).
+# A node page draws one thumbnail per peer and direction, ~250 px wide: fewer points each.
+# A day reads hourly rollups; a week, daily ones then the hours of today (168 hours × ~50
+# peers × 2 directions would be ~17 k cells, more than a page should cost the server).
 NODE_MAX_POINTS = 96
+NODE_MIN_POINTS = 24
+# The stretch after a range's newest rollup window that finer kinds fill, in rollup lengths:
+# what a rollup's lag leaves uncovered (rollups far behind leave a gap rather than a flood).
+TAIL_LENGTHS = 2
 
 LevelParam = Annotated[Level, Query(description="server, tor, podset or dc")]
 TimeParam = Annotated[str | None, Query(description="RFC 3339 time with a timezone")]
@@ -77,10 +94,6 @@ class HistoryStatistics:
     rejected_requests_total: int
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def stats_out(row: Stats | None) -> dict[str, Any]:
     """The statistics of a row as JSON-ready values (null when there is no row)."""
     if row is None:
@@ -90,11 +103,28 @@ def stats_out(row: Stats | None) -> dict[str, Any]:
         "probes": row.probes,
         "failures": row.failures,
         "retransmitted": row.retransmitted,
-        "p50_us": _finite(row.p50_us),
-        "p90_us": _finite(row.p90_us),
-        "p99_us": _finite(row.p99_us),
-        "p999_us": _finite(row.p999_us),
-        "drop_rate": _finite(row.drop_rate),
+        "p50_us": finite(row.p50_us),
+        "p90_us": finite(row.p90_us),
+        "p99_us": finite(row.p99_us),
+        "p999_us": finite(row.p999_us),
+        "drop_rate": finite(row.drop_rate),
+    }
+
+
+def values_out(values: Sequence[Any]) -> dict[str, Any]:
+    """:func:`stats_out` of a lean row's statistics, ``(probes, failures, retransmitted,
+    p50_us, p90_us, p99_us, p999_us, drop_rate)``; latencies rounded to 0.1 µs (far below
+    what a probe resolves), which keeps big answers short."""
+    probes, failures, retransmitted, p50, p90, p99, p999, drop = values
+    return {
+        "probes": int(probes),
+        "failures": int(failures),
+        "retransmitted": int(retransmitted),
+        "p50_us": None if p50 is None or not math.isfinite(p50) else round(p50, 1),
+        "p90_us": None if p90 is None or not math.isfinite(p90) else round(p90, 1),
+        "p99_us": None if p99 is None or not math.isfinite(p99) else round(p99, 1),
+        "p999_us": None if p999 is None or not math.isfinite(p999) else round(p999, 1),
+        "drop_rate": finite(drop),
     }
 
 
@@ -132,19 +162,20 @@ def columns_by_peer(
     """One columnar series per peer over ``windows`` from ``matrix_series_values`` tuples;
     the time axis is the caller's (``start``/``end`` once per answer, not per peer).
 
-    The hot loop of the node page (a day of a server is ~15 k cells): plain list stores, no
-    calls per value. Latencies are rounded to 0.1 µs (far below what a probe resolves),
-    which keeps the answer short; non-finite values become null (JSON has no NaN).
+    The hot loop of the node page (a week of a server is ~15 k cells): plain list stores,
+    unpacked rows, no calls per value but the rounding. Latencies are rounded to 0.1 µs (far
+    below what a probe resolves), which keeps the answer short; non-finite values become null
+    (JSON has no NaN).
     """
     index = {w.window_start: k for k, w in enumerate(windows)}
     n = len(windows)
 
-    def empty() -> dict[str, list[Any]]:
-        return {"probes": [0] * n, "failures": [0] * n, "retransmitted": [0] * n,
-                **{f: [None] * n for f in SERIES_FIELDS[3:]}}  # fmt: skip
+    def empty() -> list[list[Any]]:
+        # One list per SERIES_FIELDS entry, in that order.
+        return [[0] * n, [0] * n, [0] * n, *([None] * n for _ in SERIES_FIELDS[3:])]
 
-    out: dict[str, dict[str, list[Any]]] = {peer: empty() for peer in peers or ()}
-    names = SERIES_FIELDS
+    out: dict[str, list[list[Any]]] = {peer: empty() for peer in peers or ()}
+    isfinite = math.isfinite
     for row in rows:
         peer = row[peer_column]
         columns = out.get(peer)
@@ -155,17 +186,51 @@ def columns_by_peer(
         k = index.get(row[0])
         if k is None:
             continue
-        columns["probes"][k] = int(row[3])
-        columns["failures"][k] = int(row[4])
-        columns["retransmitted"][k] = int(row[5])
-        for i in range(6, 11):
-            v = row[i]
-            if v is not None and not math.isfinite(v):
-                v = None
-            elif v is not None and i < 10:
-                v = round(v, 1)
-            columns[names[i - 3]][k] = v
-    return [{"peer": peer, **out[peer]} for peer in sorted(out)]
+        _, _, _, probes, failures, retransmitted, p50, p90, p99, p999, drop = row
+        columns[0][k] = int(probes)
+        columns[1][k] = int(failures)
+        columns[2][k] = int(retransmitted)
+        if p50 is not None and isfinite(p50):
+            columns[3][k] = round(p50, 1)
+        if p90 is not None and isfinite(p90):
+            columns[4][k] = round(p90, 1)
+        if p99 is not None and isfinite(p99):
+            columns[5][k] = round(p99, 1)
+        if p999 is not None and isfinite(p999):
+            columns[6][k] = round(p999, 1)
+        if drop is not None and isfinite(drop):
+            columns[7][k] = drop
+    return [
+        {"peer": peer, **dict(zip(SERIES_FIELDS, out[peer], strict=True))} for peer in sorted(out)
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Points:
+    """How many points a graph wants: ``auto`` reads the coarsest kind that gives the range at
+    least ``low`` of them and at most ``high``."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if self.high < 2:
+            raise ValueError(f"max_points: {self.high} must be at least 2")
+        if not 1 <= self.low <= self.high:
+            raise ValueError(f"min_points: {self.low} must be between 1 and {self.high}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """Consecutive windows of one kind, oldest first: a series is one or more of them."""
+
+    kind: WindowKind
+    windows: tuple[WindowRow, ...]
+
+    @property
+    def starts(self) -> list[int]:
+        """The window starts, for the queries."""
+        return [w.window_start for w in self.windows]
 
 
 def thin(windows: Sequence[WindowRow], kind: WindowKind) -> list[WindowRow]:
@@ -192,15 +257,20 @@ class HistoryApi:
         *,
         clock: Clock,
         max_points: int = DEFAULT_MAX_POINTS,
+        min_points: int = DEFAULT_MIN_POINTS,
+        node_max_points: int = NODE_MAX_POINTS,
+        node_min_points: int = NODE_MIN_POINTS,
     ) -> None:
-        if max_points < 2:
-            raise ValueError(f"max_points: {max_points} must be at least 2")
+        self._points = Points(low=min_points, high=max_points)
+        try:
+            self._node_points = Points(low=node_min_points, high=node_max_points)
+        except ValueError as exc:
+            raise ValueError(f"node_{exc}") from None
         self._db = db
         self._raw = raw
         self._source = source
         self._api = api
         self._clock = clock
-        self._max_points = max_points
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             (
@@ -257,10 +327,13 @@ class HistoryApi:
         return start_s, end_s
 
     def choose_kind(
-        self, window: str, start_s: float, end_s: float, *, max_points: int | None = None
+        self, window: str, start_s: float, end_s: float, points: Points | None = None
     ) -> WindowKind:
-        """The kind named by ``window``, or for ``auto`` the finest with ≤ max_points."""
-        limit = max_points or self._max_points
+        """The kind named by ``window``; for ``auto`` the coarsest kind that gives the range
+        at least ``points.low`` points and at most ``points.high`` — a graph that shows
+        enough from the fewest rows — or, when none gives that many, the finest that fits."""
+        wanted = points or self._points
+        low, high = wanted.low, wanted.high
         kinds = self._api.kinds()
         if window != "auto":
             for kind in kinds:
@@ -271,32 +344,69 @@ class HistoryApi:
                 422, f"query parameter 'window': {window!r} is not one of auto, {names}"
             )
         span = end_s - start_s
-        for kind in kinds:
-            if span / kind.length_s > limit:
-                continue
+        fitting = [k for k in kinds if span / k.length_s <= high]
+
+        def reaches_back(kind: WindowKind) -> bool:
             # Short-lived kinds (the fast windows are kept for hours, not weeks) only when
             # they reach back to the start of the range; otherwise a coarser kind that does.
-            if self._db.windows_between(kind.name, 0, start_s + kind.length_s, limit=1):
-                return kind
-        for kind in kinds:
-            if span / kind.length_s <= limit:
-                return kind  # nothing reaches back that far: the finest that fits
-        return kinds[-1]
+            return bool(self._db.windows_between(kind.name, 0, start_s + kind.length_s, limit=1))
 
-    def _windows(self, kind: WindowKind, start_s: float, end_s: float) -> list[WindowRow]:
+        for kind in reversed(fitting):
+            if span / kind.length_s >= low and reaches_back(kind):
+                return kind
+        for kind in fitting:
+            if reaches_back(kind):
+                return kind  # none gives enough points: the most there are
+        return fitting[0] if fitting else kinds[-1]  # nothing reaches back that far
+
+    def _windows(
+        self, kind: WindowKind, start_s: float, end_s: float, max_points: int
+    ) -> list[WindowRow]:
         # Enough rows for every window of the range, capped: overlapping kinds have
         # length/every times more windows than points.
         wanted = int((end_s - start_s) / kind.every_s) + 2
         rows = self._db.windows_between(
-            kind.name, start_s, end_s, limit=min(wanted, self._max_points * 8)
+            kind.name, start_s, end_s, limit=min(wanted, max_points * 8)
         )
         chosen = thin(rows, kind)
-        return chosen[-self._max_points :]
+        return chosen[-max_points:]
 
-    def _head(self, kind: WindowKind, start_s: float, end_s: float) -> dict[str, Any]:
+    def plan(
+        self, window: str, start_s: float, end_s: float, points: Points | None = None
+    ) -> list[Segment]:
+        """The windows a series over ``[start_s, end_s)`` is read from, oldest first: those
+        of the chosen kind and, for ``auto`` with a rollup kind, the newest stretch that the
+        rollup does not cover yet from the finer kinds (coarsest first)."""
+        points = points or self._points
+        limit = points.high
+        kind = self.choose_kind(window, start_s, end_s, points)
+        windows = self._windows(kind, start_s, end_s, limit)
+        segments = [Segment(kind=kind, windows=tuple(windows))]
+        if window != "auto" or kind.role != "rollup" or not windows:
+            return segments
+        cursor = windows[-1].window_end
+        stop = min(end_s, cursor + TAIL_LENGTHS * kind.length_s)
+        finer = [k for k in self._api.kinds() if k.length_s < kind.length_s and not k.overlapping]
+        for tail_kind in sorted(finer, key=lambda k: -k.length_s):
+            if cursor >= stop:
+                break
+            tail = self._windows(tail_kind, cursor, stop, limit)
+            if tail:
+                segments.append(Segment(kind=tail_kind, windows=tuple(tail)))
+                cursor = tail[-1].window_end
+        return segments
+
+    def _head(self, segments: Sequence[Segment], start_s: float, end_s: float) -> dict[str, Any]:
+        kind = segments[0].kind
         return {
             "window": kind.name,
             "length_s": kind.length_s,
+            # Which kinds the points come from, oldest first (more than one: a rollup plus
+            # the finer windows after it that it does not cover yet).
+            "resolutions": [
+                {"window": s.kind.name, "length_s": s.kind.length_s, "points": len(s.windows)}
+                for s in segments
+            ],
             "start": utc(start_s),
             "end": utc(end_s),
             "generated_at": utc(self._clock.now_s()),
@@ -357,13 +467,15 @@ class HistoryApi:
         self._members(topology, level, src, "src")
         self._members(topology, level, dst, "dst")
         start_s, end_s = self._range(start, end)
-        kind = self.choose_kind(window, start_s, end_s)
-        windows = self._windows(kind, start_s, end_s)
-        rows = self._db.matrix_series(
-            kind.name, level, [w.window_start for w in windows], src=[src], dst=[dst]
-        )
+        segments = self.plan(window, start_s, end_s)
+        windows = [w for s in segments for w in s.windows]
+        rows = [
+            r
+            for s in segments
+            for r in self._db.matrix_series(s.kind.name, level, s.starts, src=[src], dst=[dst])
+        ]
         return {
-            **self._head(kind, start_s, end_s),
+            **self._head(segments, start_s, end_s),
             "level": level,
             "src": src,
             "dst": dst,
@@ -376,13 +488,15 @@ class HistoryApi:
         """One entity's SLA series over a time range."""
         self._count("history_requests_total")
         start_s, end_s = self._range(start, end)
-        kind = self.choose_kind(window, start_s, end_s)
-        windows = self._windows(kind, start_s, end_s)
-        rows = self._db.sla_series(
-            kind.name, scope, [w.window_start for w in windows], entity=entity
-        )
+        segments = self.plan(window, start_s, end_s)
+        windows = [w for s in segments for w in s.windows]
+        rows = [
+            r
+            for s in segments
+            for r in self._db.sla_series(s.kind.name, scope, s.starts, entity=entity)
+        ]
         return {
-            **self._head(kind, start_s, end_s),
+            **self._head(segments, start_s, end_s),
             "scope": scope,
             "entity": entity,
             "series": series(windows, rows, lambda r: r.window_start),
@@ -398,20 +512,28 @@ class HistoryApi:
         if place is None:
             raise self._reject(404, f"path parameter 'server': no server {server!r}")
         start_s, end_s = self._range(start, end)
-        kind = self.choose_kind(window, start_s, end_s, max_points=NODE_MAX_POINTS)
-        windows = self._windows(kind, start_s, end_s)
-        starts = [w.window_start for w in windows]
+        segments = self.plan(window, start_s, end_s, self._node_points)
+        windows = [w for s in segments for w in s.windows]
         # Lean tuples, columns filled by index: a day of a server with ~50 peers is ~15 k
-        # cells, and row objects plus per-cell dicts would cost more than the query.
-        forward_rows = self._db.matrix_series_values(kind.name, "server", starts, src=[server])
+        # cells, and row objects plus per-cell dicts would cost more than the query. The
+        # segments' windows never share a start, so one index by start serves them all.
+        forward_rows = [
+            r
+            for s in segments
+            for r in self._db.matrix_series_values(s.kind.name, "server", s.starts, src=[server])
+        ]
         peers = sorted({r[2] for r in forward_rows})[:MAX_NODE_PEERS]
-        reverse_rows = self._db.matrix_series_values(
-            kind.name, "server", starts, src=peers, dst=[server]
-        )
+        reverse_rows = [
+            r
+            for s in segments
+            for r in self._db.matrix_series_values(
+                s.kind.name, "server", s.starts, src=peers, dst=[server]
+            )
+        ]
         forward = columns_by_peer(windows, forward_rows, peer_column=2, peers=peers)
         reverse = columns_by_peer(windows, reverse_rows, peer_column=1, peers=None)
         return {
-            **self._head(kind, start_s, end_s),
+            **self._head(segments, start_s, end_s),
             "server": server,
             "address": place.address,
             "dc": place.dc,
@@ -524,7 +646,9 @@ class HistoryApi:
         ) -> Any:
             """Columnar series (``start``, ``probes``, ``failures``, ``p50_us`` … ``p999_us``,
             ``drop_rate``) of one src → dst pair over ``[start, end)`` (default: the last 6
-            hours). Windows without data are gaps (``probes`` 0)."""
+            hours). Windows without data are gaps (``probes`` 0). ``resolutions``: the window
+            kinds the points come from (with ``auto``, a rollup and then the finer windows
+            it does not cover yet)."""
             return json_response(self.history(level, src, dst, start=start, end=end, window=window))
 
         @api.get("/history/sla", responses=ERROR_RESPONSES, summary="An entity's SLA history")

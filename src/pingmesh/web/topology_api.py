@@ -26,7 +26,7 @@ from pingmesh.store.alerts import Alert
 from pingmesh.store.results import ResultsDB, Stats
 from pingmesh.web.api import Api, utc
 from pingmesh.web.app import ERROR_RESPONSES, json_response
-from pingmesh.web.history_api import stats_out
+from pingmesh.web.history_api import stats_out, values_out
 
 Level = Literal["server", "tor", "podset", "dc"]
 _ORDER = {"server": 0, "tor": 1, "podset": 2, "dc": 3}
@@ -122,23 +122,22 @@ class TopologyApi:
         parent = {s.entity(level): (s.dc, s.podset, s.tor) for s in servers}
         row, note = self._api.pick_window(window, at)
         sla: dict[str, Stats] = {}
-        cells: list[Stats] = []
+        # Lean (window_start, src, dst, statistics…) tuples: a ToR view is thousands of
+        # links, and row objects would cost more than the query.
+        cells: list[tuple[Any, ...]] = []
         wanted = set(names)
         if row is not None:
             scope = level
             sla = {r.entity: r for r in self._db.sla(row.window, row.window_start, scope)}
-            if level == "server":
-                cells = list(
-                    self._db.matrix_series(
-                        row.window, "server", [row.window_start], src=names, dst=names
-                    )
+            in_view = names if level == "server" else None  # a server view is one ToR or DC
+            cells = [
+                c
+                for c in self._db.matrix_series_values(
+                    row.window, level, [row.window_start], src=in_view, dst=in_view
                 )
-            else:
-                cells = [
-                    c
-                    for c in self._db.matrix(row.window, row.window_start, level)
-                    if c.src in wanted and c.dst in wanted
-                ]
+                if c[1] in wanted and c[2] in wanted
+            ]
+            cells.sort(key=lambda c: (c[1], c[2]))
         alerting_nodes: dict[str, list[str]] = {}
         alerting_links: dict[tuple[str, str], list[str]] = {}
         alerts_out = []
@@ -164,10 +163,11 @@ class TopologyApi:
                 )
         # A node's own health: its self cell (inside the ToR, podset or DC) where there is
         # one; the SLA of what it sent would paint every node red for one sick destination.
-        own = {c.src: c for c in cells if c.src == c.dst}  # type: ignore[attr-defined]
+        own = {c[1]: c for c in cells if c[1] == c[2]}
         nodes = []
         for name in names:
-            stats = own.get(name) or sla.get(name)
+            self_cell = own.get(name)
+            stats = values_out(self_cell[3:]) if self_cell else stats_out(sla.get(name))
             dc_, podset, tor_ = parent[name]
             nodes.append(
                 {
@@ -175,23 +175,22 @@ class TopologyApi:
                     "dc": dc_,
                     "podset": podset,
                     "tor": tor_ if level == "server" else None,
-                    "state": state_of(
-                        stats.p99_us if stats else None, stats.probes if stats else 0, self._heat
-                    ),
+                    "state": state_of(stats["p99_us"], stats["probes"], self._heat),
                     "alerts": alerting_nodes.get(name, []),
-                    **stats_out(stats),
+                    **stats,
                 }
             )
         links = []
         for cell in cells[:MAX_LINKS]:
-            src, dst = cell.src, cell.dst  # type: ignore[attr-defined]
+            src, dst = cell[1], cell[2]
+            stats = values_out(cell[3:])
             links.append(
                 {
                     "src": src,
                     "dst": dst,
-                    "state": state_of(cell.p99_us, cell.probes, self._heat),
+                    "state": state_of(stats["p99_us"], stats["probes"], self._heat),
                     "alerts": alerting_links.get((src, dst), []),
-                    **stats_out(cell),
+                    **stats,
                 }
             )
         return {

@@ -27,8 +27,12 @@ async function request(method, path, params, body, signal) {
   const token = sessionStorage.getItem("pingmesh.token");
   if (method !== "GET" && token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  // no-store: a revalidated (304) heatmap would come back with the generated_at of its first
+  // fetch, and the pages judge how old the data is from generated_at. The server keeps the
+  // heatmaps of analysed windows built, so a refresh costs it little.
   const response = await fetch(`api/v1/${path}${query(params)}`, {
-    method, signal, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    method, signal, headers, cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!response.ok) {
     let detail = response.statusText;

@@ -6,6 +6,14 @@
 import { api, clock, el, format, link, RangePicker, route, table } from "./common.js";
 import { SmokeChart } from "./smoke.js";
 
+// "167 1h + 6 10m windows": the kinds a series is read from (a rollup, then the finer windows
+// after it that it does not cover yet).
+function windowsText(answer) {
+  const parts = answer.resolutions ?? [{ window: answer.window, points: null }];
+  return parts.map((r) => (r.points === null ? r.window : `${r.points} ${r.window}`)).join(" + ") +
+    " windows";
+}
+
 function panel(title, ...children) {
   return el("section", { class: "panel" }, el("div", { class: "panel-head" }, el("h2", {}, title)),
     ...children);
@@ -145,7 +153,7 @@ export class HistoryPage {
     this.head.replaceChildren(link("← heatmap", route.hash("overview")), " · ",
       el("strong", {}, nodeLink(src), " → ", nodeLink(dst)), ` (${level}) · `,
       link("reverse direction", route.hash("history", { level, src: dst, dst: src })),
-      ` · ${history.series.start.length} ${history.window} windows`);
+      ` · ${windowsText(history)}`);
     this.chart.update(history.series, { from: Date.parse(history.start), to: Date.parse(history.end) });
     await this.loadProbes();
     this.root.dataset.state = "ready";
@@ -255,7 +263,7 @@ export class NodePage {
     this.head.replaceChildren(link("← heatmap", route.hash("overview")), " · ",
       el("strong", {}, node.server), ` ${node.address} · ${node.dc} / ${node.podset} / ${node.tor}`);
     this.info.textContent = `${node.forward.length} peers probed, ${node.reverse.length} probing it; ` +
-      `${node.window} windows. Click a graph for its history and raw probes.`;
+      `${windowsText(node)}. Click a graph for its history and raw probes.`;
     const thumbs = (list, forward) => list.map((s) => {
       const canvas = el("canvas", { "data-peer": s.peer });
       const src = forward ? node.server : s.peer, dst = forward ? s.peer : node.server;
@@ -351,7 +359,7 @@ export class SlaPage {
 
   async showHistory(scope, entity) {
     const h = await api.get("history/sla", { scope, entity });
-    this.chartTitle.textContent = `${scope} ${entity}: last 6 h (${h.window} windows)`;
+    this.chartTitle.textContent = `${scope} ${entity}: last 6 h (${windowsText(h)})`;
     this.chartPanel.hidden = false;
     this.chart.update(h.series, { from: Date.parse(h.start), to: Date.parse(h.end) });
   }
