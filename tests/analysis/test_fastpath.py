@@ -84,6 +84,10 @@ def test_facts_agree_with_the_definitions(sliced: FastPath, rows: list[dict[str,
         assert {k: (s.sent, s.received) for k, s in got.servers.items()} == {
             k: (s.sent, s.received) for k, s in want.servers.items()
         }
+        # The horizon's servers are summed per slice, their placement joined after grouping.
+        assert {k: (s.tor, s.podset, s.dc) for k, s in got.servers.items()} == {
+            k: (s.tor, s.podset, s.dc) for k, s in want.servers.items()
+        }
         for pair in got.pairs:
             assert pair.samples  # every anomalous pair carries 5-tuples to trace
     want = window_facts(TOPOLOGY, rows, T0 + 570, T0 + 600)  # type: ignore[arg-type]
