@@ -70,7 +70,12 @@ class CollectorConfig(_Section):
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    dedup_horizon_s: float = Field(default=6 * 3600, gt=0)
+    dedup_horizon_s: float = Field(
+        default=6 * 3600,
+        gt=0,
+        description="batch ids are remembered this long; a batch with an older record is "
+        "refused (422), since a copy of it could no longer be recognised",
+    )
 
 
 class SlaThresholds(_Section):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pingmesh.clock import FakeClock
 from pingmesh.errors import BatchError, StoreError, UnknownServerError
+from pingmesh.server.metrics import snapshot_metrics
 from tests.collector.fleet import (
     NOW_S,
     batch,
@@ -208,3 +210,87 @@ async def test_a_submitter_that_goes_away_does_not_lose_the_batch(tmp_path: Path
         retry = await collector.submit(batch("batch-0001"))
     assert retry.duplicate
     assert len(stored_rows(tmp_path)) == 3
+
+
+async def test_dedup_expires_whole_hours_and_refuses_what_it_forgot(tmp_path: Path) -> None:
+    clock = FakeClock(NOW_S)  # NOW_S is an hour boundary
+    collector = make_collector(tmp_path, clock=clock)
+    early = [record(0, at_s=NOW_S - 3000)]  # the hour before NOW_S
+    async with running(collector):
+        await collector.submit(batch_of("batch-early", early))
+        clock.advance(3600)
+        late = [record(0, at_s=NOW_S + 3595)]  # the hour after NOW_S
+        await collector.submit(batch_of("batch-late", late))
+        clock.advance(6 * 3600 + 300 - 3600 - 1)  # a second before the early hour expires
+        assert (await collector.submit(batch_of("batch-late", late))).duplicate
+        stats = collector.statistics()
+        assert (stats.dedup_ids, stats.dedup_buckets, stats.dedup_expired_ids_total) == (2, 2, 0)
+        clock.advance(1)  # the early hour ended the horizon plus the slack ago
+        # Its id is forgotten, so a copy could no longer be recognised: refused, counted.
+        with pytest.raises(BatchError, match=r"records\.0\.time: .* could no longer be"):
+            await collector.submit(batch_of("batch-early", early))
+        # The later hour is still remembered whole.
+        assert (await collector.submit(batch_of("batch-late", late))).duplicate
+    stats = collector.statistics()
+    assert (stats.dedup_ids, stats.dedup_buckets, stats.dedup_expired_ids_total) == (1, 1, 1)
+    assert (stats.batches_too_old_total, stats.batches_rejected_total) == (1, 1)
+    assert stats.batches_duplicate_total == 2
+    assert stats.dedup_size_bytes > 0
+    assert len(stored_rows(tmp_path)) == 2
+
+
+async def test_restart_rebuilds_only_the_hours_inside_the_horizon(tmp_path: Path) -> None:
+    clock = FakeClock(NOW_S)
+    first = make_collector(tmp_path, clock=clock)
+    async with running(first):
+        await first.submit(batch_of("batch-early", [record(0, at_s=NOW_S - 3000)]))
+        clock.advance(3600)
+        await first.submit(batch_of("batch-late", [record(0, at_s=NOW_S + 3595)]))
+    clock.advance(6 * 3600 + 300 - 3600)  # the early hour is outside the horizon + slack
+    second = make_collector(tmp_path, clock=clock)
+    async with running(second):
+        stats = second.statistics()
+        assert (stats.dedup_ids, stats.dedup_buckets) == (1, 1)
+        again = await second.submit(batch_of("batch-late", [record(0, at_s=NOW_S + 3595)]))
+    assert again.duplicate
+    assert len(stored_rows(tmp_path)) == 2
+
+
+async def test_every_field_of_a_record_reaches_the_raw_store(tmp_path: Path) -> None:
+    extras: dict[str, Any] = {
+        "send_lag_us": 1.5,
+        "recv_lag_us": 2.5,
+        "dwell_us": 3.5,
+        "connect_us": 4.5,
+        "tls_us": 5.5,
+        "ttfb_us": 6.5,
+        "seq": 7,
+        "detail": "why",
+        "retransmits": 1,
+        "size_bytes": 64,
+    }
+    sent = batch_of("batch-0001", [record(0, **extras), record(1)])
+    collector = make_collector(tmp_path)
+    async with running(collector):
+        await collector.submit(sent)
+    rows = stored_rows(tmp_path)
+    assert len(rows) == 2
+    for row, original in zip(rows, sent.records, strict=True):
+        for name, value in original.model_dump().items():
+            assert row[name] == value, name  # enums are stored as their value
+    assert rows[0]["seq"] == 7
+    assert rows[1]["seq"] is None
+
+
+async def test_dedup_figures_are_in_the_metrics(tmp_path: Path) -> None:
+    collector = make_collector(tmp_path)
+    async with running(collector):
+        await collector.submit(batch("batch-0001"))
+    names = {metric.name for metric in snapshot_metrics("collector", collector.statistics())}
+    assert {
+        "pingmesh_collector_dedup_ids",
+        "pingmesh_collector_dedup_buckets",
+        "pingmesh_collector_dedup_size_bytes",
+        "pingmesh_collector_dedup_expired_ids",  # a counter: _total is added on exposition
+        "pingmesh_collector_batches_too_old",
+    } <= names

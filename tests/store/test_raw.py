@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -181,7 +182,15 @@ def test_write_names_the_column_that_does_not_fit(tmp_path: Path) -> None:
     assert store.write(good.slice(0, 0)) == []
 
 
-def test_batch_ids_since_reads_the_files_of_recent_partitions(tmp_path: Path) -> None:
+def ids_since(store: RawStore, since_s: float) -> dict[int, set[str]]:
+    """The ids by hour, from :meth:`RawStore.batch_ids_by_file`."""
+    found: dict[int, set[str]] = {}
+    for hour_start_s, ids in store.batch_ids_by_file(since_s):
+        found.setdefault(hour_start_s, set()).update(ids)
+    return found
+
+
+def test_batch_ids_by_file_reads_the_files_of_recent_partitions(tmp_path: Path) -> None:
     store = RawStore(tmp_path)
     store.write(
         table(
@@ -189,19 +198,43 @@ def test_batch_ids_since_reads_the_files_of_recent_partitions(tmp_path: Path) ->
                 row(HOUR_START_S - 7200 + 10, batch_id="old-batch-1"),
                 row(HOUR_START_S + 10, batch_id="new-batch-1"),
                 row(HOUR_START_S + 20, batch_id="new-batch-1"),
+                row(HOUR_START_S + 3590, batch_id="spanning"),
                 row(HOUR_START_S + 3600 + 30, batch_id="new-batch-2"),
+                row(HOUR_START_S + 3600 + 40, batch_id="spanning"),
             ]
         )
     )
-    assert store.batch_ids_since(HOUR_START_S + 1800) == {"new-batch-1", "new-batch-2"}
-    assert store.batch_ids_since(HOUR_START_S - 7200) == {
-        "old-batch-1",
-        "new-batch-1",
-        "new-batch-2",
+    store.write(table([row(HOUR_START_S + 50, batch_id="new-batch-3")]))  # a second file
+    this_hour = {"new-batch-1", "new-batch-3", "spanning"}
+    next_hour = {"new-batch-2", "spanning"}
+    # File by file, oldest hour first; a batch with records in two hours is in both.
+    by_file = list(store.batch_ids_by_file(HOUR_START_S + 1800))
+    assert [hour_start_s for hour_start_s, _ in by_file] == [HOUR_START_S] * 2 + [
+        HOUR_START_S + 3600
+    ]
+    assert sorted(len(ids) for _, ids in by_file) == [1, 2, 2]
+    assert ids_since(store, HOUR_START_S + 1800) == {
+        HOUR_START_S: this_hour,
+        HOUR_START_S + 3600: next_hour,
     }
-    assert store.batch_ids_since(HOUR_START_S + 7200) == set()
+    assert ids_since(store, HOUR_START_S - 7200) == {
+        HOUR_START_S - 7200: {"old-batch-1"},
+        HOUR_START_S: this_hour,
+        HOUR_START_S + 3600: next_hour,
+    }
+    # A partition that ends exactly at since_s holds nothing at or after it.
+    assert ids_since(store, HOUR_START_S + 3600) == {HOUR_START_S + 3600: next_hour}
+    assert ids_since(store, HOUR_START_S + 7200) == {}
     # The ids come from the files alone: a new store object over the same directory agrees.
-    assert RawStore(tmp_path).batch_ids_since(HOUR_START_S) == {"new-batch-1", "new-batch-2"}
+    assert ids_since(RawStore(tmp_path), HOUR_START_S + 3599) == ids_since(store, HOUR_START_S)
+
+
+def test_batch_ids_by_file_names_an_unreadable_file(tmp_path: Path) -> None:
+    store = RawStore(tmp_path)
+    [path] = store.write(table([row(HOUR_START_S + 10)]))
+    path.write_bytes(b"not parquet")
+    with pytest.raises(StoreError, match=re.escape(str(path))):
+        list(store.batch_ids_by_file(0))
 
 
 def test_drop_partitions_before_removes_whole_hours_only(tmp_path: Path) -> None:
@@ -217,7 +250,7 @@ def test_drop_partitions_before_removes_whole_hours_only(tmp_path: Path) -> None
     )
     # ts inside this hour: this hour's partition is kept whole.
     assert store.drop_partitions_before(HOUR_START_S + 1800) == 2
-    assert store.batch_ids_since(0) == {"this-hour"}
+    assert ids_since(store, 0) == {HOUR_START_S: {"this-hour"}}
     assert len(store.partitions()) == 1
     assert not (tmp_path / "dt=2027-01-14").exists()  # the emptied day directory went too
     assert store.drop_partitions_before(HOUR_START_S + 1800) == 0
@@ -227,5 +260,5 @@ def test_drop_partitions_before_removes_whole_hours_only(tmp_path: Path) -> None
 def test_an_empty_or_missing_store_has_no_files(tmp_path: Path) -> None:
     store = RawStore(tmp_path / "nothing-yet")
     assert store.files_between(0, 2**40) == []
-    assert store.batch_ids_since(0) == set()
+    assert ids_since(store, 0) == {}
     assert store.drop_partitions_before(2**40) == 0

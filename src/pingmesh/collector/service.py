@@ -13,11 +13,22 @@ writes it (one file per hour it spans), then settles the future: every submitter
 gets its answer at once.  At most one group is being written while the next one fills.
 
 *Idempotence.*  A retried upload carries the same ``batch_id``.  The collector remembers the
-ids it stored within ``dedup_horizon_s`` (in memory, rebuilt from the raw store's files at
-start-up, because the files are the single source of truth) and also checks the groups that
-are pending or being written: a duplicate that arrives while the original is still waiting
-waits for the same write and is then answered ``duplicate``, so a batch is stored once
-however its copies interleave.  Records older than the horizon are refused, which is what
+ids it stored within ``dedup_horizon_s`` (:class:`~pingmesh.collector.dedup.BatchIdMemory`:
+hour buckets of 16-byte digests, rebuilt at start-up from the raw store's partitions inside
+the horizon, because the files are the single source of truth) and also checks the groups
+that are pending or being written: a duplicate that arrives while the original is still
+waiting waits for the same write and is then answered ``duplicate``, so a batch is stored
+once however its copies interleave, across restarts too.
+
+*The horizon is enforced, not assumed.*  Nothing on the agent's side bounds how late a copy
+can come: its uploader gives a batch ``upload_attempts`` tries within one run, but its spool
+(``agent.spool_dir``) is bounded by bytes only, and an agent restarted after any time sends
+what the spool kept, with the original ids.  So a batch with a record older than the horizon
+is *refused* (422, counted in ``batches_too_old_total``; the agent drops it and counts it as
+rejected) rather than accepted: past the horizon its id may be forgotten, and accepting it
+could store a batch twice without anyone knowing, which double-counts probes in every SLA
+computed over that hour.  Refusing loses only data older than the horizon (6 h by default),
+long after it could have raised an alert, and loses it visibly on both sides.  This is what
 makes the horizon exact: a batch young enough to be accepted is young enough to be found.
 
 *Nothing acknowledged is lost.*  When the flush loop is cancelled it stops accepting, waits
@@ -40,6 +51,7 @@ from typing import Any
 import pyarrow as pa
 
 from pingmesh.clock import Clock
+from pingmesh.collector.dedup import BatchIdMemory
 from pingmesh.config import CollectorConfig
 from pingmesh.controller.topology_source import TopologySource
 from pingmesh.core.probe import Outcome
@@ -47,7 +59,7 @@ from pingmesh.core.topology import Server, Topology
 from pingmesh.errors import BatchError, StoreError, UnknownServerError
 from pingmesh.store.raw import RAW_SCHEMA, RawStore
 from pingmesh.wire import SCHEMA_VERSION
-from pingmesh.wire.results import BatchAck, ResultBatchModel
+from pingmesh.wire.results import BatchAck, ProbeRecordModel, ResultBatchModel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,9 @@ MAX_SIZE_BYTES = 1 << 20
 
 MAX_FUTURE_S = 300.0
 """How far ahead of the collector's clock an agent's record may be (clock skew)."""
+
+CLOCK_STEP_SLACK_S = 300.0
+"""Ids are kept this long past the horizon, in case the collector's own clock steps back."""
 
 FLUSH_EARLY_RECORDS = 100_000
 """Flush before the interval ends once this many records are pending."""
@@ -75,6 +90,7 @@ class CollectorStatistics:
     batches_accepted_total: int
     batches_duplicate_total: int
     batches_rejected_total: int  # bad input or unknown agent
+    batches_too_old_total: int  # of the rejected: a record older than the dedup horizon
     batches_busy_total: int  # refused because too much was waiting for the disk
     batches_failed_total: int  # in a group whose write failed
     records_stored_total: int
@@ -82,6 +98,9 @@ class CollectorStatistics:
     flush_failures_total: int
     pending_batches: int
     dedup_ids: int
+    dedup_buckets: int
+    dedup_size_bytes: int
+    dedup_expired_ids_total: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +108,7 @@ class _Entry:
     batch: ResultBatchModel
     source: Server
     topology: Topology  # as in force when the batch arrived: the enrichment follows it
+    oldest_s: float  # the time of its oldest record: when its id may be forgotten
 
 
 class _Group:
@@ -117,7 +137,7 @@ class Collector:
         self._config = config
         self._clock = clock
         self._on_upload = on_upload
-        self._seen: dict[str, float] = {}  # batch id -> when stored; insertion = time order
+        self._dedup = self._new_dedup()  # replaced by the rebuilt one in start()
         self._started = False
         self._running = False
         self._pending: _Group | None = None
@@ -128,6 +148,7 @@ class Collector:
         self._accepted = 0
         self._duplicate = 0
         self._rejected = 0
+        self._too_old = 0
         self._busy = 0
         self._failed = 0
         self._records_stored = 0
@@ -137,15 +158,30 @@ class Collector:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the set of stored batch ids from the raw store (idempotent)."""
+        """Rebuild the memory of stored batch ids from the raw store (idempotent).
+
+        Only the hour partitions that the horizon still needs are read, one file at a time.
+        """
         if self._started:
             return
-        now_s = self._clock.now_s()
-        ids = await asyncio.to_thread(self._raw.batch_ids_since, now_s - self._horizon_s)
-        for batch_id in ids:
-            self._seen.setdefault(batch_id, now_s)
+        self._dedup = await asyncio.to_thread(self._rebuild_dedup, self._clock.now_s())
         self._started = True
-        log.info("collector: %d batch ids remembered from the raw store", len(ids))
+        log.info(
+            "collector: %d batch ids remembered from the raw store", self._dedup.statistics().ids
+        )
+
+    def _new_dedup(self) -> BatchIdMemory:
+        return BatchIdMemory(horizon_s=self._config.dedup_horizon_s, slack_s=CLOCK_STEP_SLACK_S)
+
+    def _rebuild_dedup(self, now_s: float) -> BatchIdMemory:
+        """In a thread: the ids of the partitions that the horizon still needs, from the files.
+
+        Built apart and swapped in whole, so that statistics() never sees it half built.
+        """
+        dedup = self._new_dedup()
+        for hour_start_s, ids in self._raw.batch_ids_by_file(dedup.oldest_needed_s(now_s)):
+            dedup.add_stored(hour_start_s, ids)
+        return dedup
 
     async def run(self) -> None:
         """Flush pending batches every ``flush_interval_s`` until cancelled.
@@ -197,13 +233,13 @@ class Collector:
             raise StoreError("the collector is not running")
         topology = self._source.topology
         now_s = self._clock.now_s()
-        self._forget_expired(now_s)
+        self._dedup.expire(now_s)
         try:
-            server = self._check(batch, topology, now_s)
+            server, oldest_s = self._check(batch, topology, now_s)
         except (UnknownServerError, BatchError):
             self._rejected += 1
             raise
-        if batch.batch_id in self._seen:
+        if self._dedup.contains(batch.batch_id, oldest_s):
             self._duplicate += 1
             return BatchAck(batch_id=batch.batch_id, accepted=0, duplicate=True)
         for group in (self._pending, self._writing):
@@ -218,7 +254,9 @@ class Collector:
             raise StoreError(
                 f"collector busy: {group.records} records are waiting for the disk; retry later"
             )
-        group.entries[batch.batch_id] = _Entry(batch=batch, source=server, topology=topology)
+        group.entries[batch.batch_id] = _Entry(
+            batch=batch, source=server, topology=topology, oldest_s=oldest_s
+        )
         group.records += len(batch.records)
         if group.records >= FLUSH_EARLY_RECORDS:
             self._flush_soon.set()
@@ -226,12 +264,13 @@ class Collector:
         await asyncio.shield(group.done)
         return BatchAck(batch_id=batch.batch_id, accepted=len(batch.records), duplicate=False)
 
-    @property
-    def _horizon_s(self) -> float:
-        return self._config.dedup_horizon_s
+    def _check(
+        self, batch: ResultBatchModel, topology: Topology, now_s: float
+    ) -> tuple[Server, float]:
+        """The batch's source server and the time of its oldest record (``now_s`` if none).
 
-    def _check(self, batch: ResultBatchModel, topology: Topology, now_s: float) -> Server:
-        """The batch's source server, after the checks that the wire model cannot make."""
+        Makes the checks that the wire model cannot make.
+        """
         server = topology.server(batch.agent)
         if server is None:
             raise UnknownServerError(batch.agent)
@@ -240,15 +279,20 @@ class Collector:
                 f"schema_version: {batch.schema_version} is not supported "
                 f"(this collector speaks {SCHEMA_VERSION})"
             )
-        oldest_s = now_s - self._horizon_s
+        horizon_s = self._config.dedup_horizon_s
+        too_old_s = now_s - horizon_s
         newest_s = now_s + MAX_FUTURE_S
+        oldest_s = math.inf
         for index, record in enumerate(batch.records):
             where = f"records.{index}"
             at_s = record.time.timestamp()
-            if at_s < oldest_s:
+            oldest_s = min(oldest_s, at_s)
+            if at_s < too_old_s:
+                self._too_old += 1
                 raise BatchError(
                     f"{where}.time: {record.time.isoformat()} is older than the collector's "
-                    f"deduplication horizon ({self._horizon_s:g} s)"
+                    f"deduplication horizon ({horizon_s:g} s): a copy of a batch stored that "
+                    "long ago could no longer be recognised"
                 )
             if at_s > newest_s:
                 raise BatchError(
@@ -265,18 +309,7 @@ class Collector:
                 raise BatchError(f"{where}.retransmits: {record.retransmits} is implausible")
             if record.size_bytes > MAX_SIZE_BYTES:
                 raise BatchError(f"{where}.size_bytes: {record.size_bytes} is implausible")
-        return server
-
-    def _forget_expired(self, now_s: float) -> None:
-        # A batch stored at t has records up to t + MAX_FUTURE_S; a copy of it is refused as
-        # too old once its records are older than the horizon, so only then may its id go.
-        oldest_s = now_s - self._horizon_s - MAX_FUTURE_S
-        # Ids were inserted in time order, so the expired ones are at the front.
-        while self._seen:
-            batch_id, stored_s = next(iter(self._seen.items()))
-            if stored_s >= oldest_s:
-                return
-            del self._seen[batch_id]
+        return server, oldest_s if batch.records else now_s
 
     # -- flushing ---------------------------------------------------------------------------
 
@@ -286,7 +319,7 @@ class Collector:
     async def _flush(self) -> None:
         """Write the pending group (if any) and wait until it is settled."""
         await self._wait_for_write()
-        self._forget_expired(self._clock.now_s())
+        self._dedup.expire(self._clock.now_s())
         group = self._pending
         if group is None or not group.entries:
             return
@@ -324,9 +357,8 @@ class Collector:
             failure.__cause__ = error
             _fail(group.done, failure)
             return
-        now_s = self._clock.now_s()
-        for batch_id in group.entries:
-            self._seen[batch_id] = now_s
+        for batch_id, entry in group.entries.items():
+            self._dedup.add(batch_id, entry.oldest_s)
         self._accepted += len(group.entries)
         self._records_stored += group.records
         self._files_written += len(write.result())
@@ -355,17 +387,22 @@ class Collector:
     def statistics(self) -> CollectorStatistics:
         """A snapshot of the counters."""
         pending = sum(len(g.entries) for g in (self._pending, self._writing) if g is not None)
+        dedup = self._dedup.statistics()
         return CollectorStatistics(
             batches_accepted_total=self._accepted,
             batches_duplicate_total=self._duplicate,
             batches_rejected_total=self._rejected,
+            batches_too_old_total=self._too_old,
             batches_busy_total=self._busy,
             batches_failed_total=self._failed,
             records_stored_total=self._records_stored,
             files_written_total=self._files_written,
             flush_failures_total=self._flush_failures,
             pending_batches=pending,
-            dedup_ids=len(self._seen),
+            dedup_ids=dedup.ids,
+            dedup_buckets=dedup.buckets,
+            dedup_size_bytes=dedup.size_bytes,
+            dedup_expired_ids_total=dedup.expired_ids_total,
         )
 
 
@@ -375,40 +412,30 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
         future.exception()  # retrieved: a group that nobody waits for is not an error
 
 
+_RECORD_COLUMNS = tuple(name for name in RAW_SCHEMA.names if name in ProbeRecordModel.model_fields)
+"""The raw columns that are fields of the record itself, stored as they are (enums by value)."""
+
+_PLACEMENT = ("tor", "podset", "dc")
+"""The enrichment: ``src_<level>`` and ``dst_<level>`` from the topology."""
+
+
 def _to_table(entries: list[_Entry]) -> pa.Table:
-    """The raw-store rows of ``entries``, enriched with the placement of source and destination."""
+    """The raw-store rows of ``entries``, enriched with the placement of source and destination.
+
+    Column by column rather than record by record: one conversion for every field, so a
+    field added to both the record and :data:`RAW_SCHEMA` is stored without touching this.
+    """
     columns: dict[str, list[Any]] = {name: [] for name in RAW_SCHEMA.names}
     for entry in entries:
-        batch, src = entry.batch, entry.source
-        for record in batch.records:
-            dst = entry.topology.server(record.dst)
-            columns["time"].append(record.time)
-            columns["batch_id"].append(batch.batch_id)
-            columns["agent"].append(batch.agent)
-            columns["src_addr"].append(record.src_addr)
-            columns["src_port"].append(record.src_port)
-            columns["dst"].append(record.dst)
-            columns["dst_addr"].append(record.dst_addr)
-            columns["dst_port"].append(record.dst_port)
-            columns["kind"].append(record.kind.value)
-            columns["scope"].append(record.scope.value)
-            columns["outcome"].append(record.outcome.value)
-            columns["rtt_us"].append(record.rtt_us)
-            columns["rtt_clock_us"].append(record.rtt_clock_us)
-            columns["retransmits"].append(record.retransmits)
-            columns["size_bytes"].append(record.size_bytes)
-            columns["detail"].append(record.detail)
-            columns["src_tor"].append(src.tor)
-            columns["src_podset"].append(src.podset)
-            columns["src_dc"].append(src.dc)
-            columns["dst_tor"].append(None if dst is None else dst.tor)
-            columns["dst_podset"].append(None if dst is None else dst.podset)
-            columns["dst_dc"].append(None if dst is None else dst.dc)
-            columns["send_lag_us"].append(record.send_lag_us)
-            columns["recv_lag_us"].append(record.recv_lag_us)
-            columns["dwell_us"].append(record.dwell_us)
-            columns["connect_us"].append(record.connect_us)
-            columns["tls_us"].append(record.tls_us)
-            columns["ttfb_us"].append(record.ttfb_us)
-            columns["seq"].append(record.seq)
+        batch, records = entry.batch, entry.batch.records
+        for name in _RECORD_COLUMNS:
+            columns[name].extend(getattr(record, name) for record in records)
+        columns["batch_id"].extend([batch.batch_id] * len(records))
+        columns["agent"].extend([batch.agent] * len(records))
+        dsts = [entry.topology.server(record.dst) for record in records]
+        for level in _PLACEMENT:
+            columns[f"src_{level}"].extend([getattr(entry.source, level)] * len(records))
+            columns[f"dst_{level}"].extend(
+                None if dst is None else getattr(dst, level) for dst in dsts
+            )
     return pa.Table.from_pydict(columns, schema=RAW_SCHEMA)

@@ -11,7 +11,8 @@ its final name (``link`` fails rather than overwrite) and the directory fsynced:
 a file is either complete or absent.
 
 The files are the single source of truth for what was stored, including which result batches
-(``batch_id``) were: the collector rebuilds its deduplication set from them at start-up.
+(``batch_id``) were: the collector rebuilds its deduplication memory at start-up from the
+partitions that its horizon still needs.
 Retention drops whole hour partitions.
 
 Every method is synchronous and may block on the disk; async callers use ``asyncio.to_thread``.
@@ -24,6 +25,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,25 +199,30 @@ class RawStore:
                 files.extend(sorted(partition.path.glob(_PART_GLOB)))
         return files
 
-    def batch_ids_since(self, since_s: float) -> set[str]:
-        """The ids of the batches with records in the hour partitions that end after ``since_s``.
+    def batch_ids_by_file(self, since_s: float) -> Iterator[tuple[int, set[str]]]:
+        """Each file of the hour partitions that end after ``since_s``: its hour, its batch ids.
 
-        Partitions are chosen by the records' time, so the answer holds every batch with a
-        record at or after ``since_s`` (and possibly a few older ones).
+        Oldest hour first.  Partitions are chosen by the records' time, so the answer holds
+        every batch with a record at or after ``since_s`` (and possibly a few older ones); a
+        batch with records in two hours is in both.  One file at a time, so that a caller can
+        keep the ids in a compact form without ever holding many of them as strings.
         """
-        ids: set[str] = set()
-        for path in self.files_between(since_s, float("inf")):
-            try:
-                # Read as a dictionary: each chunk's distinct ids come without materialising
-                # one string per row (a file holds thousands of rows per batch).
-                column = pq.read_table(
-                    path, columns=["batch_id"], read_dictionary=["batch_id"]
-                ).column("batch_id")
-            except (OSError, pa.ArrowException) as exc:
-                raise StoreError(f"{path}: cannot read raw-store file: {exc}") from exc
-            for chunk in column.chunks:
-                ids.update(v for v in chunk.dictionary.to_pylist() if v is not None)
-        return ids
+        for partition in self.partitions():
+            if partition.hour_start_s + HOUR_S <= since_s:
+                continue
+            for path in sorted(partition.path.glob(_PART_GLOB)):
+                try:
+                    # Read as a dictionary: each chunk's distinct ids come without
+                    # materialising one string per row (a file holds many rows per batch).
+                    column = pq.read_table(
+                        path, columns=["batch_id"], read_dictionary=["batch_id"]
+                    ).column("batch_id")
+                except (OSError, pa.ArrowException) as exc:
+                    raise StoreError(f"{path}: cannot read raw-store file: {exc}") from exc
+                ids: set[str] = set()
+                for chunk in column.chunks:
+                    ids.update(v for v in chunk.dictionary.to_pylist() if v is not None)
+                yield partition.hour_start_s, ids
 
     # -- retention --------------------------------------------------------------------------
 
