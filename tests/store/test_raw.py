@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pingmesh.analysis.fileindex import RawFileIndex
 from pingmesh.errors import StoreError
 from pingmesh.store.raw import RAW_SCHEMA, RawStore
 
@@ -262,3 +263,83 @@ def test_an_empty_or_missing_store_has_no_files(tmp_path: Path) -> None:
     assert store.files_between(0, 2**40) == []
     assert ids_since(store, 0) == {}
     assert store.drop_partitions_before(2**40) == 0
+
+
+def files_under(root: Path) -> list[str]:
+    """Every regular file under ``root``, temporary ones included, relative and sorted."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_write_that_fails_in_its_second_hour_leaves_no_file_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    store = RawStore(tmp_path)
+    batch = table(
+        [
+            row(HOUR_START_S + 3590, batch_id="spanning", src_port=1),
+            row(HOUR_START_S + 3600 + 5, batch_id="spanning", src_port=2),
+        ]
+    )
+    # A regular file where the second hour's partition directory should be (root ignores
+    # permissions, so a read-only directory would not stop the write).
+    blocker = tmp_path / "dt=2027-01-15" / "hour=09"
+    blocker.parent.mkdir()
+    blocker.write_text("in the way")
+    with pytest.raises(StoreError, match=r"hour=09.*cannot write raw-store file"):
+        store.write(batch)
+    # The first hour's file was written before the second failed; it is gone, temp and all,
+    # and so is the partition directory the call created for it.
+    assert files_under(tmp_path) == ["dt=2027-01-15/hour=09"]
+    assert not (tmp_path / "dt=2027-01-15" / "hour=08").exists()
+    assert ids_since(store, 0) == {}
+    stats = store.statistics()
+    assert (stats.write_failures_total, stats.files_written_total) == (1, 0)
+    assert stats.rows_written_total == 0
+    # The agent retries the same batch once the disk is fixed: every row is stored once.
+    blocker.unlink()
+    files = store.write(batch)
+    assert len(files) == 2
+    assert [r["src_port"] for r in read_all(store.files_between(0, 2**40))] == [1, 2]
+    assert ids_since(store, 0) == {HOUR_START_S: {"spanning"}, HOUR_START_S + 3600: {"spanning"}}
+    stats = store.statistics()
+    assert (stats.files_written_total, stats.rows_written_total) == (2, 2)
+
+
+def test_a_failed_write_keeps_the_files_of_earlier_writes(tmp_path: Path) -> None:
+    store = RawStore(tmp_path)
+    [kept] = store.write(table([row(HOUR_START_S + 1, batch_id="earlier")]))
+    (tmp_path / "dt=2027-01-15" / "hour=09").write_text("in the way")
+    with pytest.raises(StoreError):
+        store.write(table([row(HOUR_START_S + 2), row(HOUR_START_S + 3601)]))
+    # The call's own file in the existing partition went; the partition and its file stay.
+    assert store.files_between(0, 2**40) == [kept]
+    assert ids_since(store, 0) == {HOUR_START_S: {"earlier"}}
+
+
+def test_temp_files_of_a_crashed_write_are_ignored_and_removed_at_open(tmp_path: Path) -> None:
+    store = RawStore(tmp_path)
+    [real] = store.write(table([row(HOUR_START_S + 10, batch_id="stored")]))
+    # What a crash between the two phases leaves: complete files under temporary names (one
+    # here in a partition of its own), and one whose link to its final name was made.
+    crashed = table([row(HOUR_START_S + 20, batch_id="crashed")])
+    orphan = real.parent / ".part-0123456789abcdef0123456789abcdef.parquet.tmp"
+    pq.write_table(crashed, orphan)
+    lonely_dir = tmp_path / "dt=2027-01-15" / "hour=10"
+    lonely_dir.mkdir()
+    lonely = lonely_dir / ".part-fedcba9876543210fedcba9876543210.parquet.tmp"
+    pq.write_table(crashed, lonely)
+    linked_tmp = real.parent / f".{real.name}.tmp"
+    linked_tmp.hardlink_to(real)
+    unrelated = real.parent / "notes.tmp"  # not ours: left alone
+    unrelated.write_text("keep me")
+    # Readers see the real file only.
+    assert store.files_between(0, 2**40) == [real]
+    assert RawFileIndex(store).files_overlapping(0, 2**40) == [real]
+    assert glob.glob(store.parquet_glob()) == [str(real)]
+    assert ids_since(store, 0) == {HOUR_START_S: {"stored"}}
+    assert store.statistics().temp_files_removed_total == 0
+    # Opening the store again (the process restarting) removes them.
+    reopened = RawStore(tmp_path)
+    assert reopened.statistics().temp_files_removed_total == 3
+    assert files_under(tmp_path) == sorted(str(p.relative_to(tmp_path)) for p in (real, unrelated))
+    assert read_all([real])[0]["batch_id"] == "stored"

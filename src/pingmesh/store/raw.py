@@ -5,10 +5,21 @@ Layout (Hive-style, so that DuckDB, Spark or any Parquet reader can prune by pat
     root/dt=YYYY-MM-DD/hour=HH/part-<uuid>.parquet
 
 The hour is the UTC hour of the probe's ``time``.  Files are immutable: a write creates new
-files and never touches an existing one, so a reader always sees whole files.  Each file is
-written under a temporary name in its partition directory, flushed and fsynced, then linked to
-its final name (``link`` fails rather than overwrite) and the directory fsynced: after a crash
-a file is either complete or absent.
+files and never touches an existing one, so a reader always sees whole files.
+
+A write is all or nothing, because the collector answers a failed write with 503 and the agent
+retries the whole batch: a file left over from a failed attempt would store its rows twice.
+So a write goes in two phases.  First every file of the call is written under a temporary name
+in its partition directory (``.part-<uuid>.parquet.tmp``: hidden, and no reader's
+``part-*.parquet`` glob matches it), flushed and fsynced.  Only then is each linked to its final
+name (``link`` fails rather than overwrite), the temporary names removed and the directories
+fsynced.  On any failure the call removes every file it made, temporary or final, and raises
+:class:`~pingmesh.errors.StoreError`.  A crash before the second phase leaves only temporary
+files, which the next :class:`RawStore` over the directory removes when it opens (counted in
+``temp_files_removed_total``); a crash after it leaves complete files.  What POSIX cannot make
+atomic is the second phase itself across several directories: a crash in the middle of it
+(microseconds, and only for a batch that spans an hour boundary) keeps the hours already
+linked.
 
 The files are the single source of truth for what was stored, including which result batches
 (``batch_id``) were: the collector rebuilds its deduplication memory at start-up from the
@@ -79,6 +90,7 @@ RAW_SCHEMA = pa.schema(
 """The columns of every raw-store file, in order."""
 
 _PART_GLOB = "part-*.parquet"
+_TEMP_GLOB = ".part-*.parquet.tmp"  # what a write leaves behind if the process dies mid-write
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +102,17 @@ class RawStoreStatistics:
     bytes_written_total: int
     write_failures_total: int
     partitions_dropped_total: int
+    temp_files_removed_total: int  # left behind by a crash, removed when the store opened
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Pending:
+    """One file of a write in progress: written under ``tmp``, to be linked to ``final``."""
+
+    tmp: Path
+    final: Path
+    rows: int
+    size_bytes: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +124,11 @@ class Partition:
 
 
 class RawStore:
-    """Parquet files under ``root``, one directory per UTC hour."""
+    """Parquet files under ``root``, one directory per UTC hour.
+
+    Opening the store removes the temporary files that a crashed write left behind, so only
+    one process may write a store at a time (the server's collector does).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -111,61 +138,111 @@ class RawStore:
         self._bytes_written = 0
         self._write_failures = 0
         self._partitions_dropped = 0
+        self._temp_files_removed = self._remove_temp_files()
+
+    def _remove_temp_files(self) -> int:
+        """Delete the temporary files of writes that never finished; returns how many."""
+        removed = 0
+        for partition in self.partitions():
+            for path in partition.path.glob(_TEMP_GLOB):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StoreError(f"{path}: cannot remove temporary file: {exc}") from exc
+                removed += 1
+        return removed
 
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, table: pa.Table) -> list[Path]:
         """Store ``table`` (columns of :data:`RAW_SCHEMA`): one new file per UTC hour it spans.
 
-        Returns the new files.  Raises :class:`StoreError` naming the column or file at fault;
-        files already written by this call stay (they are complete, and the caller learns that
-        the write failed, so it does not acknowledge the rows).
+        Returns the new files.  All or nothing: raises :class:`StoreError` naming the column
+        or file at fault, and then no file of this call remains (see the module docstring).
         """
         table = _conform(table)
         if table.num_rows == 0:
             return []
         hours = pc.floor_temporal(table.column("time"), unit="hour")
-        written: list[Path] = []
+        pending: list[_Pending] = []
+        created: list[Path] = []  # directories this call made (hour, day, root), deepest first
+        linked: list[Path] = []
         try:
             for hour in pc.unique(hours).to_pylist():
                 part = table.filter(pc.equal(hours, pa.scalar(hour, type=hours.type)))
                 # Sorted by time, the row groups' min/max statistics let readers skip them.
-                written.append(self._write_part(hour, part.sort_by("time")))
+                pending.append(self._write_temp(hour, part.sort_by("time"), created))
+            self._commit(pending, created, linked)
         except BaseException:
+            self._undo(pending, created, linked)
             with self._lock:
                 self._write_failures += 1
             raise
-        return written
+        with self._lock:
+            self._files_written += len(pending)
+            self._rows_written += sum(p.rows for p in pending)
+            self._bytes_written += sum(p.size_bytes for p in pending)
+        return [p.final for p in pending]
 
-    def _write_part(self, hour: datetime, part: pa.Table) -> Path:
-        directory = self.root / f"dt={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+    def _write_temp(self, hour: datetime, part: pa.Table, created: list[Path]) -> _Pending:
+        """Phase one: ``part`` complete and fsynced under a temporary name in its partition."""
+        day = self.root / f"dt={hour:%Y-%m-%d}"
+        directory = day / f"hour={hour:%H}"
         name = f"part-{uuid.uuid4().hex}.parquet"
         final = directory / name
         tmp = directory / f".{name}.tmp"  # no reader's glob matches a hidden .tmp file
         try:
-            created = not directory.is_dir()
-            directory.mkdir(parents=True, exist_ok=True)
-            with tmp.open("xb") as fh:
-                pq.write_table(part, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-                size = fh.tell()
-            os.link(tmp, final)  # unlike rename, link never replaces an existing file
-            tmp.unlink()
-            # The new name must reach the disk too, and so must new partition directories.
-            _fsync_dir(directory)
-            if created:
-                _fsync_dir(directory.parent)
-                _fsync_dir(self.root)
+            for path in (self.root, day, directory):
+                if not path.is_dir():
+                    # Raises if anything is in the way, a file included.
+                    path.mkdir(parents=path == self.root)
+                    created.insert(0, path)
+            fh = tmp.open("xb")
+            try:
+                with fh:
+                    pq.write_table(part, fh, compression="zstd")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    size = fh.tell()
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
         except (OSError, pa.ArrowException) as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StoreError(f"{final}: cannot write raw-store file: {exc}") from exc
-        with self._lock:
-            self._files_written += 1
-            self._rows_written += part.num_rows
-            self._bytes_written += size
-        return final
+        return _Pending(tmp=tmp, final=final, rows=part.num_rows, size_bytes=size)
+
+    def _commit(self, pending: list[_Pending], created: list[Path], linked: list[Path]) -> None:
+        """Phase two: every temporary file to its final name, then the names to the disk."""
+        for p in pending:
+            try:
+                os.link(p.tmp, p.final)  # unlike rename, link never replaces an existing file
+            except OSError as exc:
+                raise StoreError(f"{p.final}: cannot write raw-store file: {exc}") from exc
+            linked.append(p.final)
+        for p in pending:
+            _unlink(p.tmp)
+        # The new names must reach the disk too, and so must new directories.
+        directories = {p.final.parent for p in pending} | {d.parent for d in created}
+        for directory in sorted(directories, key=lambda d: -len(d.parts)):
+            try:
+                _fsync_dir(directory)
+            except OSError as exc:
+                raise StoreError(f"{directory}: cannot sync raw-store directory: {exc}") from exc
+
+    def _undo(self, pending: list[_Pending], created: list[Path], linked: list[Path]) -> None:
+        """Remove every file and directory a failed write made (best effort: it is failing)."""
+        for path in [*linked, *(p.tmp for p in pending)]:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        for directory in created:  # deepest first; one that is not empty is not only ours
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        for directory in {p.final.parent for p in pending} - set(created):
+            with contextlib.suppress(OSError):  # so that the removals reach the disk too
+                _fsync_dir(directory)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -253,6 +330,7 @@ class RawStore:
                 bytes_written_total=self._bytes_written,
                 write_failures_total=self._write_failures,
                 partitions_dropped_total=self._partitions_dropped,
+                temp_files_removed_total=self._temp_files_removed,
             )
 
 
@@ -280,6 +358,13 @@ def _partition_start_s(day: str, hour: str) -> int | None:
     except ValueError:
         return None  # not one of ours; leave it alone
     return int(start.timestamp())
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot remove temporary file: {exc}") from exc
 
 
 def _fsync_dir(directory: Path) -> None:
