@@ -68,7 +68,9 @@ def main() -> int:
     parser.add_argument("--prefix", default="pmbench")
     parser.add_argument("--mgmt-net", default="198.19.208.0/20")
     parser.add_argument("--drop-percent", type=float, default=10.0)
-    parser.add_argument("--observe", type=float, default=45.0, help="clean/starve runs, s")
+    parser.add_argument(
+        "--observe", type=float, default=30.0, help="clean/starve runs, s (then 18 s settle)"
+    )
     parser.add_argument("--servers", type=int, default=3, help="servers per ToR")
     args = parser.parse_args()
     require_root()

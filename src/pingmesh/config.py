@@ -112,6 +112,12 @@ class IncidentConfig(_Section):
     localization_significance: float = Field(default=1e-3, gt=0, lt=0.5)
     silent_drop_horizon_s: int = Field(default=600, ge=10)
     open_after_windows: int = Field(default=1, ge=1)
+    sla_open_after_windows: int = Field(
+        default=3,
+        ge=1,
+        description="threshold breaches (packet_loss, high_latency) wait this many windows, "
+        "so that a fault another detector localises is not also a bare threshold alert",
+    )
     close_after_windows: int = Field(default=3, ge=1)
 
 

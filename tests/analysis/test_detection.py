@@ -213,3 +213,29 @@ def test_a_restarted_detector_keeps_what_is_open(tmp_path: Path, rig_factory: li
     (still,) = rig.incidents.open_incidents()
     assert still.incident_id == first.incident_id
     assert len(rig.all_incidents()) == 1
+
+
+def test_a_short_horizon_is_never_staler_than_a_quarter_of_itself(tmp_path: Path) -> None:
+    # The lab's silent-drop horizon is its fast window: a horizon cached for the default 30 s
+    # would keep a fixed fault (and its incident) for 30 s more than the horizon itself.
+    raw = write_in_flushes(tmp_path / "raw", synthetic_rows(T0, T0 + 120))
+    fast = FastPath(RawFileIndex(raw), every_s=EVERY, window_s=WINDOW, horizon_s=40)
+    try:
+        for end in range(T0 + 50, T0 + 100, EVERY):
+            fast.add_slice(end - EVERY, end)
+            _, facts = fast.run_window("30s", end - WINDOW, end, now_s=end + 10.0)
+            assert facts.horizon.end_s == end
+            assert facts.horizon.start_s == end - 40
+    finally:
+        fast.close()
+    # A long one still is recomputed only every tenth of its length (a minute for 10 min).
+    fast = FastPath(RawFileIndex(raw), every_s=EVERY, window_s=WINDOW, horizon_s=HORIZON)
+    try:
+        ends = []
+        for end in range(T0 + 50, T0 + 120, EVERY):
+            fast.add_slice(end - EVERY, end)
+            _, facts = fast.run_window("30s", end - WINDOW, end, now_s=end + 10.0)
+            ends.append(facts.horizon.end_s)
+        assert len(set(ends)) == 2
+    finally:
+        fast.close()

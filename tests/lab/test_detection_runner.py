@@ -19,7 +19,7 @@ from pingmesh.lab.plan import LabShape, build_plan
 
 PLAN = build_plan(LabShape(dcs=1, podsets=2, tors=2, servers=3, leaves=2, spines=2))
 TABLE = scenarios(PLAN, observe_s=0.05)
-FAST = {"bound_s": 2.0, "clear_bound_s": 2.0, "quiet_s": 0.5, "poll_s": 0.01}
+FAST = {"bound_s": 2.0, "clear_bound_s": 2.0, "quiet_s": 0.5, "poll_s": 0.01, "settle_s": 0.2}
 
 
 def _incident(kind: str, scope: str, entity: str, *, ended: bool = False) -> IncidentView:
@@ -44,6 +44,8 @@ class FakeFabric:
     polls_since_inject: int = -1
     ended: bool = False
     preexisting: list[IncidentView] = field(default_factory=list)
+    after_clear: list[IncidentView] = field(default_factory=list)  # the fault's end opens them
+    polls_since_clear: int = -1
 
     def inject(self, fault: Fault) -> ActiveFault:
         self.injected.append(fault)
@@ -53,6 +55,7 @@ class FakeFabric:
     def clear(self, fault_id: str) -> ActiveFault:
         self.cleared.append(fault_id)
         self.ended = not self.keep_open_after_clear
+        self.polls_since_clear = 0
         return ActiveFault(fault_id=fault_id, fault=self.injected[-1], started_at_s=0.0)
 
     def since(self, since_s: float) -> list[IncidentView]:
@@ -61,6 +64,10 @@ class FakeFabric:
             self.polls_since_inject += 1
             if self.polls_since_inject > self.delay_polls:
                 out += [_incident(i.kind, i.scope, i.entity, ended=self.ended) for i in self.opens]
+        if self.polls_since_clear >= 0:
+            self.polls_since_clear += 1
+            if self.polls_since_clear > self.delay_polls:
+                out += [_incident(i.kind, i.scope, i.entity) for i in self.after_clear]
         return out
 
 
@@ -102,6 +109,19 @@ def test_the_spine_may_be_named_by_address_or_by_tier() -> None:
         assert run_scenario(fake, fake, TABLE["spine_drop"], **FAST).passed, entity
     fake = FakeFabric(opens=[_incident("silent_drop", "device", "198.18.2.2")])  # other spine
     assert not run_scenario(fake, fake, TABLE["spine_drop"], **FAST).detected
+
+
+def test_an_incident_that_opens_after_the_fault_is_cleared_is_false() -> None:
+    # A black hole's clear lets its dropped SYNs through on retry: blamed on the DC, that is a
+    # false incident of this scenario, not a leftover for the next one to wait out.
+    fake = FakeFabric(
+        opens=[_incident("black_hole", "tor", "dc1-ps1-t1")],
+        after_clear=[_incident("packet_loss", "dc", "dc1")],
+    )
+    result = run_scenario(fake, fake, TABLE["black_hole"], **FAST)
+    assert result.detected
+    assert result.cleared
+    assert [i.entity for i in result.false_incidents] == ["dc1"]
 
 
 def test_an_incident_that_never_ends_is_reported() -> None:

@@ -7,6 +7,10 @@ open; :meth:`IncidentStore.reconcile <pingmesh.store.incidents.IncidentStore.rec
 updates and closes incidents on changes of state only; the traceroute service plans traces of
 the failing 5-tuples, whose paths the next rounds vote on.
 
+The detector also keeps an :class:`~pingmesh.core.analysis.lifecycle.ExplanationMemory` of
+what earlier rounds explained (black-holed pairs, lossy pairs, hosts down), so that a fault's
+edges in the windows after it are not blamed on something else.
+
 The detector owns the incident kinds of :data:`~pingmesh.core.analysis.pipeline.KINDS` and no
 others (the alert engine and other writers keep theirs). After a restart it starts from the
 incidents that are open in the store, so nothing reopens or flaps.
@@ -22,9 +26,10 @@ from dataclasses import dataclass
 from pingmesh.analysis.fastpath import FastFacts
 from pingmesh.config import IncidentConfig
 from pingmesh.controller.tasks import TracerouteService
-from pingmesh.core.analysis.lifecycle import Debouncer
+from pingmesh.core.analysis.lifecycle import Debouncer, ExplanationMemory
 from pingmesh.core.analysis.model import DetectorConfig, Finding, Thresholds
 from pingmesh.core.analysis.pipeline import KINDS, TRACED_KINDS, evaluate, reason_of
+from pingmesh.core.analysis.sla_alerts import KINDS as SLA_KINDS
 from pingmesh.core.topology import Topology
 from pingmesh.store.incidents import Detection, IncidentStore
 
@@ -100,8 +105,11 @@ class IncidentDetector:
         self._vote_min_flows = vote_min_flows
         self._traces_per_finding = traces_per_finding
         self._debouncer = Debouncer(
-            open_after=config.open_after_windows, close_after=config.close_after_windows
+            open_after=config.open_after_windows,
+            close_after=config.close_after_windows,
+            open_after_kinds=dict.fromkeys(SLA_KINDS, config.sla_open_after_windows),
         )
+        self._memory = ExplanationMemory()
         self._lock = threading.Lock()
         self._seeded = False
         self._evaluations = 0
@@ -155,6 +163,8 @@ class IncidentDetector:
             # for the ones that will be found, the paths of earlier rounds (same reason).
             reasons |= self._recent_reasons(now_s)
             paths = self._traces.paths_for(reasons, since_s=now_s - self._vote_window_s)
+        with self._lock:
+            recent = self._memory.snapshot()
         evaluation = evaluate(
             topology,
             window=facts.window,
@@ -167,9 +177,22 @@ class IncidentDetector:
             paths=paths,
             vote_min_flows=self._vote_min_flows,
             traces_per_finding=self._traces_per_finding,
+            recent=recent,
+        )
+        window = facts.window
+        longest_s = max(
+            (f.end_s - f.start_s for f in (window, facts.horizon, *facts.extra)), default=0.0
         )
         with self._lock:
             current = self._debouncer.update(evaluation.findings)
+            self._memory.remember(
+                end_s=window.end_s,
+                black_pairs=evaluation.black_pairs,
+                black_tors=evaluation.black_tors,
+                dropping_pairs=evaluation.dropping_pairs,
+                hosts=evaluation.excluded,
+                keep_s=longest_s + 2.0 * (window.end_s - window.start_s),
+            )
         result = self._incidents.reconcile(
             (
                 Detection(

@@ -81,10 +81,22 @@ SERVER_READY_S = 60.0
 POLL_S = 0.5
 
 # Quick detection on a small fabric: 1 s per pair, a 10 s fast window analysed every 2 s.
+# The lag covers a probe's life before it can be read: the 3.5 s timeout (a timeout is
+# recorded at its send time), the 1 s upload interval, the collector's flush, and a second
+# to spare; with less, the newest timeouts would miss their slice (read once) for good.
+# At 1 probe per pair per second the fast window alone has the evidence of a 1 % drop, so
+# the silent-drop horizon is the window too: a fault that is fixed ends its incident within
+# seconds instead of the minutes a long horizon takes to forget it. An agent silent for 15 s
+# is down (R-Pingmesh uses 20 s; the lab's agents upload every second).
 LAB_SERVER_DEFAULTS: dict[str, Any] = {
     "agent_down_after_s": 10.0,
     "pinglist": {"interval_s": 1.0},
-    "analysis": {"fast_window_s": 10, "fast_every_s": 2, "lag_s": 2},
+    "analysis": {
+        "fast_window_s": 10,
+        "fast_every_s": 2,
+        "lag_s": 6,
+        "incidents": {"silent_drop_horizon_s": 10, "host_down_after_s": 15.0},
+    },
     "collector": {"flush_interval_s": 0.5},
 }
 LAB_AGENT_DEFAULTS: dict[str, Any] = {"upload_interval_s": 1.0, "refresh_s": 5.0}

@@ -146,13 +146,53 @@ def test_a_type_2_black_hole_is_found_by_the_rotating_ports(seed: int) -> None:
 
 
 def test_type_2_needs_the_ports_to_repeat() -> None:
-    # With TCP's fresh ephemeral port per probe a port is used once: some failing ports, but
+    # With TCP's fresh ephemeral port per probe a port is used once, and in a 30 s window of
+    # probes every 10 s this pair has too few timeouts to show flows failing every retry:
     # nothing proves they fail *deterministically*, so no black hole is claimed.
     pair = ("dc1-ps1-t1-h2", "dc1-ps1-t2-h2")
     hole = BlackHole(
         device="tor:dc1-ps1-t2", share=0.3, per_port=True, only_pairs=frozenset({pair})
     )
     assert keys(findings([hole]), "black_hole") == set()
+
+
+def _every_second(faults: Sequence[Fault], seed: int) -> list[Finding]:
+    """Probes every second (as in the lab), judged over a 10 s window."""
+    plan = ProbePlan(start_s=T0, end_s=T0 + 40, interval_s=1.0, seed=seed, faults=tuple(faults))
+    data = list(generate_probes(TOPOLOGY, FABRIC, plan))
+    return list(
+        evaluate(
+            TOPOLOGY,
+            window=window_facts(TOPOLOGY, data, T0 + 30, T0 + 40),
+            last_seen_s=dict.fromkeys(SERVERS, T0 + 39.0),
+            now_s=T0 + 41,
+            config=CONFIG,
+        ).findings
+    )
+
+
+@PROPERTY
+@given(tor=st.sampled_from(TORS), seed=st.integers(1, 99))
+def test_a_tcp_port_black_hole_is_found_by_the_syn_retries(tor: str, seed: int) -> None:
+    # One flow in four dies at the ToR, every SYN of it: TCP takes a fresh port per probe, but
+    # the kernel retries on the same 5-tuple, so each timeout is a flow that failed every try
+    # while the pair's other flows never lost a packet (the lab's port black hole).
+    found = _every_second([BlackHole(device=f"tor:{tor}", share=0.25, per_port=True)], seed)
+    assert keys(found) == {("black_hole", "tor", tor)}
+    assert found[0].evidence["types"] == [2]
+
+
+@PROPERTY
+@given(tor=st.sampled_from(TORS), rate=st.sampled_from([0.1, 0.3, 0.5]), seed=st.integers(1, 99))
+def test_random_loss_is_never_a_flow_keyed_black_hole(tor: str, rate: float, seed: int) -> None:
+    # Loss heavy enough to time probes out also makes retried successes: not flow-keyed. (At
+    # 50 % a pair whose ten probes all time out happens, and is a type-1 symptom.)
+    found = _every_second([RandomDrop(device=f"tor:{tor}", rate=rate)], seed)
+    types = [f.evidence.get("types", [f.evidence.get("type")]) for f in found]
+    assert not [t for t in types if 2 in t]  # type: ignore[operator]
+    if rate < 0.5:
+        assert keys(found, "black_hole") == set()
+    assert ("silent_drop", "tor", tor) in keys(found)
 
 
 @PROPERTY

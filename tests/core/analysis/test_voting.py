@@ -76,6 +76,35 @@ def test_one_source_alone_is_ambiguous() -> None:
     assert result.suspect is None
     on_all = {r.device for r in result.ranking if r.flows == result.flows}
     assert on_all == {FABRIC.address["spine:dc1:1"], FABRIC.address[f"tor:{src.tor}"]}
+    # Once the heatmap has put the fault in the spine tier, the source's ToR is ruled out.
+    beyond = vote(paths, min_flows=2, skip_edges=2)
+    assert beyond.suspect is not None
+    assert beyond.suspect.device == FABRIC.address["spine:dc1:1"]
+
+
+def test_a_tier_finding_never_names_the_tor_at_the_ends() -> None:
+    # The lab's spine drop: the few traced flows all left one ToR, over either spine (the
+    # packet lost on the way there or back). The ToR is on all of them, no spine is; with
+    # only a few, one leaf may be on all of them as well.
+    src = SERVERS[0]
+    paths = []
+    for k, dst in enumerate(s for s in SERVERS if s.podset != src.podset):
+        hops, reached = simulate_trace(FABRIC, src, dst, src_port=40000 + k, dst_port=9781)
+        paths.append(
+            TracedPath(
+                flow=f"f{k}", hops=hops, reached=reached, src_addr=src.address, dst_addr=dst.address
+            )
+        )
+    tor = FABRIC.address[f"tor:{src.tor}"]
+    blind = vote(paths, min_flows=3)
+    assert blind.suspect is not None
+    assert blind.suspect.device == tor
+    below = {tor} | {a for name, a in FABRIC.address.items() if name.startswith("leaf:")}
+    tier = vote(paths, min_flows=3, skip_edges=2)
+    assert tier.suspect is None or tier.suspect.device not in below
+    assert tier.ranking  # the ToR and the leaves keep their votes as evidence
+    leaf_tier = vote(paths, min_flows=3, skip_edges=1)
+    assert leaf_tier.suspect is None or leaf_tier.suspect.device != tor
 
 
 def test_healthy_flows_clear_a_device() -> None:
@@ -109,3 +138,20 @@ def test_not_enough_flows() -> None:
     spine = FABRIC.address["spine:dc1:3"]
     assert vote([TracedPath(flow="x", hops=(spine,))], min_flows=3).suspect is None
     assert vote([], min_flows=1).ranking == ()
+
+
+def test_a_plurality_of_a_few_flows_names_nobody() -> None:
+    # Four traced failing flows, three of which happened to take spine 2 (the lab's spine
+    # drop, whose traces did not all follow their probes): 3 to 1 is no evidence.
+    def path(k: int, spine: str) -> TracedPath:
+        hops = ("t1", "l1", spine, "l3", "t3", "h")
+        return TracedPath(flow=f"f{k}", hops=hops, src_addr="s", dst_addr="h")
+
+    paths = [path(1, "s2"), path(2, "s2"), path(3, "s2"), path(4, "s1")]
+    result = vote(paths, min_flows=3, skip_edges=2)
+    spines = [r.device for r in result.ranking if r.device in ("s1", "s2")]
+    assert spines == ["s2", "s1"]
+    assert result.suspect is None
+    # With many flows the same plurality is 007's evidence.
+    many = [path(k, "s2") for k in range(9)] + [path(9, "s1"), path(10, "s1")]
+    assert vote(many, min_flows=3, skip_edges=2).suspect is not None

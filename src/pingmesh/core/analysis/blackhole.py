@@ -15,7 +15,24 @@ from port Z (an ECMP fault). Both were TCAM faults fixed by reloading the switch
    split by source port into ports that *always* fail (at least two such ports, each used at
    least twice) and ports that always succeed, with no port that did both: random loss does
    not look like that, a hash-keyed fault does. This needs the source ports to repeat, which
-   the agents' rotating source-port sets (UDP) make them do.
+   the agents' rotating source-port sets (UDP) make them do. TCP probes take a fresh port
+   each, but the kernel retries a lost SYN on the *same* 5-tuple (Linux: at 1 s and 3 s
+   within the 3.5 s timeout), so a TCP timeout is one flow failing every try. A pair shows
+   type 2 in the window, too, when at least ``TYPE2_MIN_FAILING_PORTS`` of its TCP probes
+   timed out after retrying (on as many source ports) while it had successes and *not one*
+   retransmission or lost UDP/ICMP probe: under random loss of a share ``q`` of packets a
+   probe with ``k`` tries times out with probability ``q^k`` and succeeds after a retry with
+   ``q - q^k``, so each timeout should come with ``q^(1-k) - 1`` retried successes (3 for
+   ``q`` = 0.5, ``k`` = 3); flows that fail every try while the others never lose a packet
+   are keyed on the 5-tuple. How sure: the log-likelihood ratio (G) of "each flow lives or
+   dies" (timeouts at rate ``t/(t+s)``) against the best random loss (``q = kt/(kt+s)``,
+   which also owes the missing retried successes) must reach ``-2 ln TYPE2_FLOW_ALPHA``; a
+   few heavy-loss pairs that pass by chance do not make a ToR candidate, which takes half
+   its servers at once (step 2). A host that has just gone away looks the same for a
+   window — its pairs succeeded, then every probe times out — but on *every* pair towards
+   it (or from it) at once, up to the window's end, which no 5-tuple-keyed fault does: a
+   server whose every peer (at least ``host_min_peers``) saw its newest probes time out is
+   left to the host detector, which calls it as soon as the window holds only failures.
 2. **ToR score** = the share of a ToR's servers that have a symptomatic pair (as source or
    destination). ToRs scoring at least ``tor_score_threshold`` (with at least two such
    servers, or all of a one-server ToR) are *candidates*.
@@ -35,6 +52,7 @@ from port Z (an ECMP fault). Both were TCAM faults fixed by reloading the switch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +73,48 @@ SINGLE_TOR_SHARE = 0.8
 
 TYPE2_MIN_FAILING_PORTS = 2
 TYPE2_MIN_USES = 2
+TYPE2_FLOW_ALPHA = 0.01
+
+
+def retried_timeout_ports(pair: PairFacts) -> tuple[int, ...] | None:
+    """The source ports of a pair's TCP probes that failed every try, when the window shows
+    the flow-keyed pattern (see the module docstring: timeouts after retries on at least
+    ``TYPE2_MIN_FAILING_PORTS`` ports, successes, and no retransmission or loss at all);
+    else None."""
+    counts = pair.counts
+    if (
+        counts.timeouts < TYPE2_MIN_FAILING_PORTS
+        or counts.successes < 1
+        or counts.retransmitted
+        or counts.drop_events
+    ):
+        return None
+    retried = [
+        s
+        for s in pair.samples
+        if s.outcome == "timeout" and s.retransmits >= 1 and s.src_port > 0 and s.dst_port > 0
+    ]
+    ports = {s.src_port for s in retried}
+    if len(ports) < TYPE2_MIN_FAILING_PORTS:
+        return None
+    tries = 1 + max(s.retransmits for s in retried)
+    if flow_keyed_g(counts.timeouts, counts.successes, tries) < -2.0 * math.log(TYPE2_FLOW_ALPHA):
+        return None
+    return tuple(sorted(ports))
+
+
+def flow_keyed_g(timeouts: int, successes: int, tries: int) -> float:
+    """G statistic of "each flow lives or dies" against random loss of each try, for
+    ``timeouts`` probes that failed ``tries`` tries and ``successes`` that needed one (no
+    retried success at all; module docstring)."""
+    t, s = timeouts, successes
+    if t <= 0 or s <= 0 or tries < 2:
+        return 0.0
+    dead = t / (t + s)
+    flows = t * math.log(dead) + s * math.log(1 - dead)
+    q = tries * t / (tries * t + s)
+    packets = tries * t * math.log(q) + s * math.log(1 - q)
+    return max(2.0 * (flows - packets), 0.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,10 +131,16 @@ class Symptom:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlackHoleVerdict:
-    """The findings, and every symptomatic pair (for tracing)."""
+    """The findings, every symptomatic pair (for tracing), the ToRs blamed (alone or as a
+    tier), and every pair they explain: the symptomatic ones and any other pair with a
+    timeout or a retransmission through a blamed ToR (a type-2 hole kills few enough flows
+    of some pairs that they do not show the pattern on their own; their losses are still
+    its doing)."""
 
     findings: tuple[Finding, ...]
     symptoms: tuple[Symptom, ...]
+    explained: frozenset[tuple[str, str]] = frozenset()
+    blamed_tors: frozenset[str] = frozenset()
 
 
 def type2_ports(ports: Collection[PortUse]) -> tuple[int, ...] | None:
@@ -115,6 +181,24 @@ def find_symptoms(
                 src=pair.src, dst=pair.dst, kind=1, probes=pair.counts.probes, pair=pair
             )
     by_key = {p.key: p for p in facts.pairs}
+    retried_found: dict[tuple[str, str], Symptom] = {}
+    for pair in facts.pairs:
+        if pair.key in found or not healthy(pair.src, pair.dst):
+            continue
+        retried = retried_timeout_ports(pair)
+        if retried is not None:
+            retried_found[pair.key] = Symptom(
+                src=pair.src,
+                dst=pair.dst,
+                kind=2,
+                probes=pair.counts.probes,
+                failing_ports=retried,
+                pair=pair,
+            )
+    going = _hosts_going_away(facts, config)
+    found.update(
+        {k: v for k, v in retried_found.items() if k[0] not in going and k[1] not in going}
+    )
     for key, uses in sorted((ports or {}).items()):
         if key in found or not healthy(*key):
             continue
@@ -129,6 +213,32 @@ def find_symptoms(
                 pair=by_key.get(key),
             )
     return [found[k] for k in sorted(found)]
+
+
+def _hosts_going_away(facts: WindowFacts, config: DetectorConfig) -> set[str]:
+    """Servers whose every peer in one direction (at least ``host_min_peers``) saw the pair's
+    newest probes time out, up to the end of the window: a host that has just gone away
+    (module docstring)."""
+    inbound: dict[str, int] = {}
+    outbound: dict[str, int] = {}
+    length_s = facts.end_s - facts.start_s
+    for pair in facts.pairs:
+        failed = [s.time_s for s in pair.samples if s.outcome == "timeout"]
+        if not pair.counts.timeouts or not failed:
+            continue
+        step_s = length_s / max(pair.counts.probes, 1)  # the pair's probe interval
+        if max(failed) >= facts.end_s - 2 * step_s:
+            outbound[pair.src] = outbound.get(pair.src, 0) + 1
+            inbound[pair.dst] = inbound.get(pair.dst, 0) + 1
+    going = set()
+    for name, server in facts.servers.items():
+        for count, peers in (
+            (inbound.get(name, 0), server.peers_in),
+            (outbound.get(name, 0), server.peers_out),
+        ):
+            if peers >= config.host_min_peers and count >= config.host_unreachable_share * peers:
+                going.add(name)
+    return going
 
 
 @dataclass(slots=True)
@@ -326,4 +436,13 @@ def detect_black_holes(
                     },
                 )
             )
-    return BlackHoleVerdict(findings=tuple(findings), symptoms=tuple(symptoms))
+    blamed_tors = frozenset(t for candidate, _ in chosen for t in candidate.tors)
+    explained = {(s.src, s.dst) for s in symptoms} | {
+        p.key for p in facts.pairs if p.src_tor in blamed_tors or p.dst_tor in blamed_tors
+    }
+    return BlackHoleVerdict(
+        findings=tuple(findings),
+        symptoms=tuple(symptoms),
+        explained=frozenset(explained),
+        blamed_tors=blamed_tors,
+    )

@@ -10,7 +10,16 @@
    horizons have more evidence, so their findings come first; a shorter one's finding is added
    only when its component shares no ToR cell with a longer one's (a new fault that the long
    horizon cannot yet see; a few probes cannot tell a leaf from the spine above it).
-4. **SLA thresholds** (:mod:`.sla_alerts`) in the fast window.
+4. **SLA thresholds** (:mod:`.sla_alerts`) in the fast window, without the probes of the
+   pairs that steps 1–3 explain.
+
+Steps 2–4 also leave out what *earlier* windows explained (``recent``, an
+:class:`~.lifecycle.Explained` kept by the caller's :class:`~.lifecycle.ExplanationMemory`),
+as long as the scale they look at overlaps it: the edges of a fault that has just ended (a
+black-holed SYN retransmitted after the fix, a host refusing while it comes back) are that
+fault's, not new ones. A black hole's own pairs are never hidden from the black-hole
+detector, nor a silent drop's from the silent-drop detector: memory only keeps a fault from
+being blamed twice.
 5. **Devices** (:mod:`.voting`): for each black-hole and silent-drop finding, the traced paths
    of its failing 5-tuples (asked for in earlier rounds) are voted on; an unambiguous device
    becomes a finding of its own (scope ``device``, entity its address), and the ranking is
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 
 from pingmesh.core.analysis.blackhole import detect_black_holes
 from pingmesh.core.analysis.host import detect_hosts
+from pingmesh.core.analysis.lifecycle import Explained
 from pingmesh.core.analysis.model import (
     CellFacts,
     DetectorConfig,
@@ -42,7 +52,13 @@ from pingmesh.core.analysis.model import (
 from pingmesh.core.analysis.silent_drop import SilentDropVerdict, detect_silent_drops
 from pingmesh.core.analysis.sla_alerts import detect_sla_breaches
 from pingmesh.core.analysis.tracing import TraceRequest
-from pingmesh.core.analysis.voting import TracedPath, path_evidence, ranking_evidence, vote
+from pingmesh.core.analysis.voting import (
+    TIER_DEPTH,
+    TracedPath,
+    path_evidence,
+    ranking_evidence,
+    vote,
+)
 from pingmesh.core.topology import Topology
 
 KINDS: frozenset[str] = frozenset(
@@ -76,6 +92,9 @@ class Evaluation:
     findings: tuple[Finding, ...]
     requests: tuple[TraceRequest, ...]
     excluded: frozenset[str]
+    black_pairs: frozenset[tuple[str, str]] = frozenset()  # black-holed in the window
+    black_tors: frozenset[str] = frozenset()  # blamed for a black hole in the window
+    dropping_pairs: frozenset[tuple[str, str]] = frozenset()  # behind a silent drop
 
 
 CANDIDATES_PER_TRACE = 10
@@ -124,7 +143,9 @@ def _requests(finding: Finding, pairs: Sequence[PairFacts], per_finding: int) ->
 def _with_votes(
     finding: Finding, paths: Sequence[TracedPath], min_flows: int, limit: int
 ) -> tuple[Finding, Finding | None]:
-    result = vote(paths, min_flows=min_flows)
+    # A tier above the ToRs (leaf, spine, core) rules out the routers below it (see .voting).
+    tier = finding.entity.partition("@")[0] if finding.scope == "tier" else ""
+    result = vote(paths, min_flows=min_flows, skip_edges=TIER_DEPTH.get(tier, 0))
     evidence = dict(finding.evidence)
     evidence["votes"] = ranking_evidence(result, limit)
     evidence["traced_flows"] = result.flows
@@ -170,16 +191,36 @@ def evaluate(
     paths: Mapping[str, Sequence[TracedPath]] | None = None,
     vote_min_flows: int = 3,
     traces_per_finding: int = 5,
+    recent: Explained | None = None,
 ) -> Evaluation:
     """Run every detector (see the module docstring)."""
     paths = paths or {}
     limit = config.max_evidence_items
+    recent = recent or Explained()
+    # Two fast windows: a fault's edge probes (sent before it ended, answered after) are
+    # at most a probe timeout plus an alignment step after the last window that saw it.
+    margin_s = 2.0 * (window.end_s - window.start_s)
+
+    def earlier(facts: WindowFacts) -> Explained:
+        return recent.overlapping(facts.start_s, margin_s)
+
+    def black_before(facts: WindowFacts, before: Explained) -> set[tuple[str, str]]:
+        tors = before.black_tors
+        through = {p.key for p in facts.pairs if p.src_tor in tors or p.dst_tor in tors}
+        return set(before.black_pairs) | through
+
     hosts = detect_hosts(
         topology, window, last_seen_s=last_seen_s or {}, now_s=now_s, config=config
     )
     excluded = hosts.excluded
-    holes = detect_black_holes(topology, window, excluded=excluded, config=config, ports=ports)
-    explained = [(s.src, s.dst) for s in holes.symptoms]
+    holes = detect_black_holes(
+        topology,
+        window,
+        excluded=excluded | set(earlier(window).hosts),
+        config=config,
+        ports=ports,
+    )
+    black = set(holes.explained)
     # Longest horizon first: more evidence, so its findings take precedence; a shorter one
     # adds a finding only where no longer one blames a component sharing a cell with it.
     scales = sorted(
@@ -191,15 +232,16 @@ def evaluate(
     kept: list[SilentDropVerdict] = []
     seen_cells: list[CellFacts] = []
     for facts in scales:
+        before = earlier(facts)
         verdict = detect_silent_drops(
             topology,
             facts.cells,
             servers=facts.servers,
             pairs=facts.pairs,
-            excluded=excluded,
+            excluded=excluded | set(before.hosts),
             config=config,
             horizon_s=facts.end_s - facts.start_s,
-            explained=explained,
+            explained=black | black_before(facts, before),
         )
         seen_cells.extend(facts.cells)
         for finding in verdict.findings:
@@ -211,7 +253,20 @@ def evaluate(
             silent.append(finding)
             suspects[finding.key] = verdict.suspects.get(finding.key, ())
         kept.append(verdict)
-    breaches = detect_sla_breaches(topology, window.sla, config=config)
+    dropping = {p.key for pairs in suspects.values() for p in pairs}
+    before = earlier(window)
+    gone_hosts = excluded | set(before.hosts)
+    accounted = black | dropping | black_before(window, before) | set(before.dropping_pairs)
+    breaches = detect_sla_breaches(
+        topology,
+        window.sla,
+        config=config,
+        explained=[
+            p
+            for p in window.pairs
+            if p.key in accounted or p.src in gone_hosts or p.dst in gone_hosts
+        ],
+    )
 
     symptom_pairs = {(s.src, s.dst): s.pair for s in holes.symptoms if s.pair is not None}
     findings: list[Finding] = list(hosts.findings)
@@ -241,4 +296,11 @@ def evaluate(
         else:
             findings.append(finding)
     findings.extend(breaches)
-    return Evaluation(findings=tuple(findings), requests=tuple(requests), excluded=excluded)
+    return Evaluation(
+        findings=tuple(findings),
+        requests=tuple(requests),
+        excluded=excluded,
+        black_pairs=frozenset(black),
+        black_tors=holes.blamed_tors,
+        dropping_pairs=frozenset(dropping),
+    )

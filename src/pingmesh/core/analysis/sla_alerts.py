@@ -18,23 +18,52 @@ the level that explains them:
 
 A judgement needs evidence: a P99 needs ``min_latency_probes`` successful probes (below that it
 is just the slowest probe), a drop rate ``min_drop_events`` events (one retransmission in 900
-probes is not a 1.1e-3 drop rate). Counts are of clean probes (see :mod:`.model`).
+probes is not a 1.1e-3 drop rate). A P99 that retransmissions alone can make — they are at
+least ``1 - 0.99`` of the successes, and each waited a retransmission timeout — is a drop
+rate in disguise and needs its evidence too: three retried SYNs in 200 probes are not a
+1-second P99. Counts are of clean probes (see :mod:`.model`).
+
+A threshold says *that* something is wrong; the other detectors say *what*. The probes of the
+pairs they explain (a black hole and its edges, a host that is down, the lossy pairs behind a
+silent drop — ``explained``) are taken out of each entity's counts before it is judged (from
+the source's server, ToR, podset and DC, and the DC pair), so that a black-holed ToR is one
+``black_hole`` incident and not also ``packet_loss`` of its DC. The P99 cannot be recomputed
+without them, so it is not judged when their retransmitted probes alone make up
+``1 - 0.99`` of the entity's successes: each waited a retransmission timeout (≥ 200 ms), so
+they alone put the P99 over any threshold, and it says nothing about the rest. Services are
+judged on all their probes (a service owner wants to hear about their service either way).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from pingmesh.core.analysis.model import PAIR_SEPARATOR, DetectorConfig, EntitySla, Finding
+from pingmesh.core.analysis.model import (
+    PAIR_SEPARATOR,
+    ZERO,
+    Counts,
+    DetectorConfig,
+    EntitySla,
+    Finding,
+    PairFacts,
+    pair_entity,
+)
 from pingmesh.core.topology import Topology
 
 KINDS = ("high_latency", "packet_loss")
+P99_TAIL = 0.01
 
 
 def _judged(sla: EntitySla, kind: str, config: DetectorConfig) -> bool:
+    counts = sla.counts
     if kind == "high_latency":
-        return sla.counts.successes >= config.min_latency_probes and sla.p99_us is not None
-    return sla.counts.drop_basis > 0
+        retried = counts.retransmitted
+        return (
+            counts.successes >= config.min_latency_probes
+            and sla.p99_us is not None
+            and not (retried >= P99_TAIL * counts.successes and retried < config.min_drop_events)
+        )
+    return counts.drop_basis > 0
 
 
 def _breaches(sla: EntitySla, kind: str, config: DetectorConfig) -> bool:
@@ -79,11 +108,51 @@ def _finding(sla: EntitySla, kind: str, config: DetectorConfig, breaching: list[
     )
 
 
+def without_explained(
+    sla: Collection[EntitySla], explained: Collection[PairFacts]
+) -> list[EntitySla]:
+    """``sla`` with the probes of the ``explained`` pairs taken out (module docstring)."""
+    if not explained:
+        return list(sla)
+    taken: dict[tuple[str, str], Counts] = {}
+    for pair in explained:
+        for key in (
+            ("server", pair.src),
+            ("tor", pair.src_tor),
+            ("podset", pair.src_podset),
+            ("dc", pair.src_dc),
+            ("dc_pair", pair_entity(pair.src_dc, pair.dst_dc)),
+        ):
+            taken[key] = taken.get(key, ZERO) + pair.counts
+    out = []
+    for row in sla:
+        gone = taken.get((row.scope, row.entity))
+        if gone is None:
+            out.append(row)
+            continue
+        p99 = row.p99_us
+        if gone.retransmitted and gone.retransmitted >= P99_TAIL * row.counts.successes:
+            p99 = None  # their retransmission timeouts alone are the P99
+        out.append(
+            EntitySla(
+                scope=row.scope, entity=row.entity, counts=row.counts.without(gone), p99_us=p99
+            )
+        )
+    return out
+
+
 def detect_sla_breaches(
-    topology: Topology, sla: Collection[EntitySla], *, config: DetectorConfig
+    topology: Topology,
+    sla: Collection[EntitySla],
+    *,
+    config: DetectorConfig,
+    explained: Collection[PairFacts] = (),
 ) -> list[Finding]:
-    """``high_latency`` and ``packet_loss`` findings (see the module docstring)."""
-    rows: dict[tuple[str, str], EntitySla] = {(s.scope, s.entity): s for s in sla}
+    """``high_latency`` and ``packet_loss`` findings (see the module docstring);
+    ``explained``: the pairs other detectors explain."""
+    rows: dict[tuple[str, str], EntitySla] = {
+        (s.scope, s.entity): s for s in without_explained(sla, explained)
+    }
     children: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for server in topology.servers:
         for parent, child in (

@@ -21,10 +21,19 @@ from only some of them.
   lot is not blamed (deTector's hit ratio ≥ 0.6, reference §6.2).
 - A device is named only when it is unambiguous: at least ``min_flows`` failing flows crossed
   it and its hit ratio is at least ``MIN_HIT_RATIO``; and either it is the only device that
-  (nearly, ``ALL_FLOWS``) every failing flow crossed, or, when no device is on all of them, it
-  has the most votes by a margin (``MARGIN`` × the runner-up). Otherwise the ranking is
+  (nearly, ``ALL_FLOWS``) every failing flow crossed, or, when no device is on all of them and
+  at least ``MARGIN_MIN_FLOWS`` failing flows were traced, it has the most votes by a margin
+  (``MARGIN`` × the runner-up: 007's plurality needs many flows — with three or four, a
+  device that two of them happened to share wins by chance). Otherwise the ranking is
   evidence but nobody is blamed: when one source's flows all took the faulty spine, they all
   crossed that source's ToR too.
+- When the heatmap pattern has already put the fault in a tier *above* the ToRs (a leaf,
+  spine or core tier, :mod:`.silent_drop`), the devices below that tier at the ends of the
+  traced paths are not suspects (``skip_edges``: 1 for a leaf tier, the ToRs; 2 for the
+  spines, the ToRs and leaves; 3 for the core): a few traced flows from one ToR all cross
+  it (and often one leaf), whatever drops them, and the pattern has ruled them out. In a Clos
+  path the k-th router from either end is of the k-th tier; the far end of a path that
+  stopped early is not known, so only its first routers are skipped.
 """
 
 from __future__ import annotations
@@ -33,8 +42,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 MARGIN = 1.5
+MARGIN_MIN_FLOWS = 10
 MIN_HIT_RATIO = 0.6
 ALL_FLOWS = 1.0
+TIER_DEPTH = {"leaf": 1, "spine": 2, "core": 3}
+"""How many routers from each end of a path lie below each tier (ToR; ToR and leaf; …)."""
 
 
 def flow_key(src_addr: str, src_port: int, dst_addr: str, dst_port: int) -> str:
@@ -62,6 +74,17 @@ class TracedPath:
                 seen.append(hop)
         return tuple(seen)
 
+    def edge_devices(self, skip: int) -> set[str]:
+        """The first ``skip`` routers from each end (from the source only when the path did
+        not reach its destination; module docstring)."""
+        if skip <= 0 or any(h is None for h in self.hops):
+            return set()  # a silent hop: positions are not known
+        devices = self.devices()
+        edges = set(devices[:skip])
+        if self.reached:
+            edges.update(devices[-skip:])
+        return edges
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceVotes:
@@ -87,10 +110,12 @@ class VoteResult:
     flows: int
 
 
-def vote(paths: Collection[TracedPath], *, min_flows: int = 3) -> VoteResult:
-    """Tally the votes of ``paths`` (see the module docstring)."""
+def vote(paths: Collection[TracedPath], *, min_flows: int = 3, skip_edges: int = 0) -> VoteResult:
+    """Tally the votes of ``paths`` (see the module docstring); ``skip_edges``: so many
+    routers from each end of a path are not suspects."""
     if min_flows < 1:
         raise ValueError(f"min_flows: {min_flows} must be at least 1")
+    edges = {d for p in paths for d in p.edge_devices(skip_edges)}
     votes: dict[str, float] = {}
     flows: dict[str, set[str]] = {}
     healthy: dict[str, set[str]] = {}
@@ -126,12 +151,12 @@ def vote(paths: Collection[TracedPath], *, min_flows: int = 3) -> VoteResult:
     )
     suspect: DeviceVotes | None = None
     total = len(failing_flows)
-    plausible = [r for r in ranking if r.hit_ratio >= MIN_HIT_RATIO]
+    plausible = [r for r in ranking if r.hit_ratio >= MIN_HIT_RATIO and r.device not in edges]
     on_all = [r for r in plausible if r.flows >= ALL_FLOWS * total]
     top: DeviceVotes | None = None
     if len(on_all) == 1:
         top = on_all[0]
-    elif not on_all and plausible:
+    elif not on_all and plausible and total >= MARGIN_MIN_FLOWS:
         runner_up = plausible[1].votes if len(plausible) > 1 else 0.0
         if plausible[0].votes >= MARGIN * runner_up:
             top = plausible[0]
