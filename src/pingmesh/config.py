@@ -1,31 +1,50 @@
 """Configuration: one object per command, built at the entry point from file + options.
 
 A config file is YAML whose top level has a ``server:`` and/or an ``agent:`` section, each
-with the fields below; command-line options override the file. Unknown keys are errors, so a
-typo cannot silently fall back to a default.
+with the fields below (the agent's in :mod:`pingmesh.agent.config`, re-exported here);
+command-line options override the file (:mod:`pingmesh.config_file`). Unknown keys are errors,
+so a typo cannot silently fall back to a default.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from pingmesh.agent.config import AgentConfig, BandwidthConfig, TransportConfig
+from pingmesh.config_file import Section as _Section
+from pingmesh.config_file import build_config, load_config_file
 from pingmesh.core.probe import (
     MAX_PAYLOAD_BYTES,
     MAX_UDP_PAYLOAD_BYTES,
     MIN_INTERVAL_S,
     ProbeKind,
 )
-from pingmesh.errors import ConfigError
 
-T = TypeVar("T", bound=BaseModel)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# The agent's sections and the loaders live apart (pingmesh.config_file); importable here too.
+__all__ = [
+    "AgentConfig",
+    "AlertRuleConfig",
+    "AlertsConfig",
+    "AnalysisConfig",
+    "BandwidthConfig",
+    "CollectorConfig",
+    "HeatmapConfig",
+    "IncidentConfig",
+    "PinglistConfig",
+    "ProbeSpecConfig",
+    "RetentionConfig",
+    "ServerConfig",
+    "SlaThresholds",
+    "SmtpNotifierConfig",
+    "TracerouteConfig",
+    "TransportConfig",
+    "WebhookNotifierConfig",
+    "build_config",
+    "load_config_file",
+]
 
 
 class ProbeSpecConfig(_Section):
@@ -256,43 +275,6 @@ class AlertsConfig(_Section):
     )
 
 
-class BandwidthConfig(_Section):
-    """The agent's bandwidth sampler: the kernel's interface counters (seed 001)."""
-
-    enabled: bool = True
-    sample_interval_s: float = Field(default=0.5, ge=0.05, le=60)
-    report_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
-    interfaces: tuple[str, ...] = Field(default=(), description="empty: every interface")
-    max_rate_bytes_per_s: float = Field(default=50e9, gt=0, description="outlier above this")
-    counter_bits: Literal[0, 32, 64] = Field(default=0, description="0: the kernel's own width")
-    counters_file: Path = Path("/proc/net/dev")
-    spool_max_reports: int = Field(default=3600, ge=1, description="kept while the server is away")
-    batch_max_reports: int = Field(default=100, ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def _report_after_sample(self) -> BandwidthConfig:
-        if self.report_interval_s < self.sample_interval_s:
-            raise ValueError("report_interval_s must be >= sample_interval_s")
-        return self
-
-
-class TransportConfig(_Section):
-    """How the agent sends uploads: QUIC (TLS 1.3, verified) when ``quic`` is set, else HTTP."""
-
-    quic: str | None = Field(default=None, description="HOST:PORT of the server's QUIC listener")
-    server_name: str | None = Field(default=None, description="default: the host of 'quic'")
-    ca_file: Path | None = Field(default=None, description="CA to trust; default: the system's")
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    alias: str = Field(default="", max_length=128)
-    fallback_http: bool = True
-    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
-    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
-    backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
-    backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
-
-
 class ServerConfig(_Section):
     """``pingmesh server``: controller + collector + analysis + web."""
 
@@ -313,78 +295,3 @@ class ServerConfig(_Section):
     tls_hosts: tuple[str, ...] = Field(default=(), description="names in a generated certificate")
     agent_secret_file: Path | None = None
     bandwidth_retention_days: int = Field(default=7, ge=1, le=3650)
-
-
-class AgentConfig(_Section):
-    """``pingmesh agent``."""
-
-    controller: str | None = None
-    name: str | None = None
-    bind: str = "0.0.0.0"
-    pinglist_file: Path | None = None
-    results_file: str | None = None
-    responder_port: int = Field(default=9781, ge=1, le=65535)
-    http_port: int = Field(default=9782, ge=0, le=65535)
-    refresh_s: float = Field(default=60.0, ge=1)
-    fail_closed_after: int = Field(default=3, ge=1)
-    upload_interval_s: float = Field(default=5.0, gt=0)
-    upload_attempts: int = Field(default=4, ge=1, le=20)
-    upload_timeout_s: float = Field(default=10.0, gt=0)
-    max_pending_batches: int = Field(default=60, ge=1)
-    max_batch_records: int = Field(default=5000, ge=1, le=20_000)
-    max_probe_rate: float = Field(default=2000.0, gt=0, description="probes/s, all peers")
-    max_concurrent_probes: int = Field(default=512, ge=1)
-    responder_max_connections: int = Field(default=1024, ge=1)
-    # Issue 3: probe kinds, safety limits, spool, aggregates, tasks.
-    responder_max_per_source: int = Field(default=64, ge=1)
-    udp_responder_per_source_rate: float = Field(default=200.0, gt=0, description="datagrams/s")
-    udp_responder_rate: float = Field(default=20_000.0, gt=0, description="datagrams/s, all")
-    udp_ecmp_paths: int = Field(default=16, ge=1, le=1024, description="ECMP paths to cover")
-    udp_path_coverage: float = Field(default=0.99, gt=0, lt=1)
-    udp_rotate_per_hour: float = Field(default=0.2, ge=0, le=60, description="fraction of ports")
-    icmp_socket: Literal["auto", "raw", "ping"] = "auto"
-    https_ca_file: Path | None = None
-    probe_tick_s: float = Field(default=0.2, ge=0, le=1, description="wake-up coalescing")
-    spool_dir: Path | None = None
-    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
-    aggregate_window_s: float = Field(default=60.0, ge=1, le=3600)
-    per_peer_metrics_max_peers: int = Field(default=100, ge=0)
-    task_poll_s: float = Field(default=10.0, ge=0, description="0: do not poll for tasks")
-    traceroutes_per_minute: float = Field(default=6.0, gt=0)
-    bandwidth: BandwidthConfig = BandwidthConfig()
-    transport: TransportConfig = TransportConfig()
-
-
-def load_config_file(path: Path | None, section: str) -> dict[str, Any]:
-    """The ``section`` of a YAML config file, or ``{}`` without a file."""
-    if path is None:
-        return {}
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML") from exc
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict) or not set(doc) <= {"server", "agent"}:
-        raise ConfigError(f"{path}: the top level must have only 'server' and/or 'agent'")
-    value = doc.get(section) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: field {section!r}: must be a mapping")
-    return value
-
-
-def build_config(model: type[T], path: Path | None, section: str, overrides: dict[str, Any]) -> T:
-    """Build a config object from a file section plus command-line overrides."""
-    data = load_config_file(path, section)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        source = f"{path}: " if path else ""
-        raise ConfigError(f"{source}field {section}.{field}: {first['msg']}") from exc

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from pingmesh.agent.aggregates import AggregatesStatistics, LocalAggregates
+from pingmesh.agent.config import AgentConfig
 from pingmesh.agent.fetcher import FetcherStatistics, PinglistFetcher
 from pingmesh.agent.http_client import H11Client, HttpClient
 from pingmesh.agent.metrics import HttpStatistics, MetricsServer, render_agent_metrics
@@ -57,7 +58,6 @@ from pingmesh.agent.spool import ResultSpool
 from pingmesh.agent.udp_responder import UdpResponder, UdpResponderStatistics
 from pingmesh.agent.uploader import Uploader, UploaderStatistics
 from pingmesh.clock import Clock, SystemClock
-from pingmesh.config import AgentConfig
 from pingmesh.core.probe import ProbeKind, ProbePlan, ProbeResult
 from pingmesh.core.schedule import source_ports_for_paths
 from pingmesh.errors import ConfigError, PinglistError

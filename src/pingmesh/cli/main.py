@@ -216,7 +216,8 @@ def _server(args: argparse.Namespace) -> int:
 
 def _agent(args: argparse.Namespace) -> int:
     from pingmesh.agent.agent import Agent
-    from pingmesh.config import AgentConfig, build_config
+    from pingmesh.agent.config import AgentConfig
+    from pingmesh.config_file import build_config
 
     config = build_config(
         AgentConfig,

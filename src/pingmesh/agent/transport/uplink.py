@@ -30,11 +30,11 @@ from pingmesh.agent.bandwidth import (
     BandwidthSampler,
     ProcNetDevSource,
 )
+from pingmesh.agent.config import AgentConfig
 from pingmesh.agent.http_client import HttpClient
 from pingmesh.agent.transport.http import QuicFallbackClient
 from pingmesh.agent.transport.spool import BandwidthSpool
 from pingmesh.clock import Clock
-from pingmesh.config import AgentConfig
 from pingmesh.errors import ConfigError
 
 if TYPE_CHECKING:
