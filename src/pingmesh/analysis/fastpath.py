@@ -62,7 +62,7 @@ from pingmesh.core.analysis.model import (
     ServerFacts,
     WindowFacts,
 )
-from pingmesh.store.results import MatrixRow, SlaRow, WindowRow
+from pingmesh.store.results import WindowRow
 
 _COUNTER_COLS = ", ".join(f"{c} BIGINT" for c in queries.COUNTERS)
 _PLACE_COLS = ", ".join(f"{c} VARCHAR" for c in queries.PAIR_PLACEMENT)
@@ -621,8 +621,3 @@ class FastPath:
             )
             for r in rows
         )
-
-
-def slice_rows(result: WindowResult) -> tuple[list[SlaRow], list[MatrixRow]]:
-    """The rows of a window result (for writing)."""
-    return list(result.sla), list(result.matrix)

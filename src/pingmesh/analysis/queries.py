@@ -592,13 +592,6 @@ LIMIT {int(limit)}
 """
 
 
-def clean_cells_sql(source: str = "cell_h") -> str:
-    """Clean counters per cell (no histogram): what the silent-drop detector reads."""
-    keys = ", ".join(CELL_KEYS)
-    sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTERS)
-    return f"SELECT {keys}, {sums} FROM {source} WHERE NOT noisy GROUP BY {keys}"
-
-
 def servers_sql(pairs: str, *, placed: bool = False) -> str:
     """Per server and role (``src``/``dst``): clean counters, peers, dead peers, noisy.
 
